@@ -1,0 +1,228 @@
+"""Import a Keras real/fake classifier into the project's BentoML model store.
+
+    python model_import.py                      # the project's default model
+    python model_import.py face.h5              # a legacy FaceNet file: output P(real), [0, 1] input
+    python model_import.py model.keras --output p_fake --normalization minus_one_one
+    python model_import.py saved_model_dir/ --metrics metrics.json
+
+Accepted: `.keras`, legacy `.h5`, a TensorFlow SavedModel folder. The file must be a
+single-output binary classifier with a fixed image input; it is loaded with Keras safe_mode
+on (model files can carry code) unless `--trust-code` is given for a file you trust.
+Set BENTOML_HOME to choose the store (the Makefile uses .bentoml/ in the project).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modeling.spec import ModelSpec
+from serving.settings import DEFAULT_MODEL_NAME
+
+
+class ImportRefused(Exception):
+    """The file cannot be served; the message says why."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def file_format(path: Path) -> str:
+    if path.is_dir():
+        if not (path / "saved_model.pb").exists():
+            raise ImportRefused(f"{path} is a folder without saved_model.pb: not a SavedModel")
+        return "saved_model"
+    suffix = path.suffix.lower()
+    if suffix in (".keras", ".h5", ".hdf5"):
+        return "keras" if suffix == ".keras" else "h5"
+    raise ImportRefused(f"{path.name}: expected a .keras or .h5 file or a SavedModel folder")
+
+
+def load_checked(path: Path, *, trust_code: bool) -> Any:
+    """Load the model and check it is a binary image classifier; run a smoke prediction."""
+    from modeling.loading import load_classifier
+
+    try:
+        model = load_classifier(path, safe_mode=not trust_code)
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a refusal with its reason
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        hint = ""
+        if "safe_mode" in str(exc) or "lambda" in str(exc).lower():
+            hint = " (the file carries Python code; use --trust-code only if you trust it)"
+        raise ImportRefused(f"cannot load {path.name}: {reason}{hint}") from None
+
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ImportRefused(
+            f"expected one input and one output, found {len(model.inputs)} and {len(model.outputs)}"
+        )
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4 or shape[3] != 3 or shape[1] is None or shape[2] is None:
+        raise ImportRefused(f"expected a fixed (height, width, 3) image input, found {shape[1:]}")
+    if tuple(model.outputs[0].shape[1:]) not in ((1,), ()):
+        raise ImportRefused(
+            f"expected one sigmoid output per image, found output shape {tuple(model.outputs[0].shape)}"
+        )
+    probe = np.random.default_rng(0).random((2, shape[1], shape[2], 3), dtype=np.float32)
+    out = np.asarray(model.predict_on_batch(probe)).reshape(-1)
+    if out.shape != (2,) or not np.all(np.isfinite(out)) or out.min() < 0 or out.max() > 1:
+        raise ImportRefused(f"smoke prediction is not a probability per image: {out[:4]}")
+    return model
+
+
+def frameworks() -> dict[str, str]:
+    import bentoml
+    import keras
+    import tensorflow as tf
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "bentoml": bentoml.__version__}
+
+
+def import_model(
+    path: Path,
+    *,
+    name: str = DEFAULT_MODEL_NAME,
+    output: str = "p_real",
+    threshold: float = 0.5,
+    normalization: str = "zero_one",
+    trust_code: bool = False,
+    metrics: dict[str, Any] | None = None,
+    card: dict[str, Any] | None = None,
+    description: str = "",
+    placeholder: bool = False,
+    labels: dict[str, str] | None = None,
+) -> str:
+    """Import `path` into the store; return the new tag. Raises ImportRefused."""
+    import bentoml
+
+    path = Path(path)
+    if not path.exists():
+        raise ImportRefused(f"{path}: no such file or folder")
+    fmt = file_format(path)
+    if trust_code:
+        print(
+            "WARNING: --trust-code loads the file with Keras safe_mode off; it can run any "
+            "code it carries. Use it only for files you trust.",
+            file=sys.stderr,
+        )
+    model = load_checked(path, trust_code=trust_code)
+    spec = ModelSpec(
+        labels=("fake", "real") if output == "p_real" else ("real", "fake"),
+        threshold=threshold,
+        input_size=(int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2])),
+        normalization=normalization,
+        file_format="saved_model" if fmt == "saved_model" else "keras",
+        trusted_code=trust_code,
+        description=description,
+        placeholder=placeholder,
+        source={"file": path.name, "format": fmt, "sha256": file_sha256(path)},
+        frameworks=frameworks(),
+        metrics=metrics or {},
+        card=card or {},
+    )
+    with bentoml.models.create(name, metadata=spec.to_metadata(), labels=labels or {}) as stored:
+        if fmt == "saved_model":
+            shutil.copytree(path, stored.path_of("saved_model"))
+        else:
+            model.save(stored.path_of("model.keras"))  # .h5 files become .keras once, here
+    return str(stored.tag)
+
+
+def default_model_tag(name: str) -> str | None:
+    """The stored default model of the current recipe, if set-up imported it already."""
+    import bentoml
+
+    from modeling.default import DEFAULT_MODEL_VERSION
+
+    for stored in bentoml.models.list(name):
+        if stored.info.labels.get("default_recipe") == DEFAULT_MODEL_VERSION:
+            return str(stored.tag)
+    return None
+
+
+def import_default(name: str, *, if_missing: bool) -> str:
+    from modeling.default import DEFAULT_MODEL_VERSION, build_default_model
+
+    if if_missing and (tag := default_model_tag(name)):
+        print(f"default model already imported: {tag}")
+        return tag
+    with tempfile.TemporaryDirectory() as workdir:
+        path, options = build_default_model(Path(workdir))
+        return import_model(path, name=name, labels={"default_recipe": DEFAULT_MODEL_VERSION}, **options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "path", nargs="?", type=Path, help="model file or folder (default: the project's default model)"
+    )
+    parser.add_argument(
+        "--name", default=DEFAULT_MODEL_NAME, help="model name in the store (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--output",
+        choices=("p_real", "p_fake"),
+        default="p_real",
+        help="what the sigmoid output means (legacy FaceNet files: p_real)",
+    )
+    parser.add_argument("--threshold", type=float, default=0.5, help="fake when P(fake) >= threshold")
+    parser.add_argument(
+        "--normalization",
+        choices=("zero_one", "minus_one_one", "raw"),
+        default="zero_one",
+        help="input scaling the model expects (legacy files: zero_one, i.e. x/255)",
+    )
+    parser.add_argument("--metrics", type=Path, help="JSON file of evaluation metrics to record")
+    parser.add_argument("--description", default="", help="free text shown in model info")
+    parser.add_argument(
+        "--trust-code", action="store_true", help="load with Keras safe_mode off (only for files you trust)"
+    )
+    parser.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="with no path: skip if the default model is already in the store",
+    )
+    args = parser.parse_args(argv)
+
+    try:
+        if args.path is None:
+            tag = import_default(args.name, if_missing=args.if_missing)
+        else:
+            metrics = json.loads(args.metrics.read_text()) if args.metrics else None
+            tag = import_model(
+                args.path,
+                name=args.name,
+                output=args.output,
+                threshold=args.threshold,
+                normalization=args.normalization,
+                trust_code=args.trust_code,
+                metrics=metrics,
+                description=args.description,
+            )
+    except (ImportRefused, ValueError, OSError) as exc:
+        print(f"model_import: refused: {exc}", file=sys.stderr)
+        return 2
+    print(f"imported {tag}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The served model's metadata: the single source of truth for labels, threshold, input size
+and normalisation. `model_import.py` writes it into the BentoML model store; the services read
+it back. Nothing else in the project hard-codes these facts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Normalization = Literal["zero_one", "minus_one_one", "raw"]
+Label = Literal["fake", "real"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One image (or face) judged: the label, the probability of that label, and P(fake)."""
+
+    prediction: Label
+    confidence: float
+    fake_probability: float
+    raw: float
+
+
+class ModelSpec(BaseModel):
+    """What a model's single sigmoid output means and how its input must be prepared."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int = 1
+    # labels[i] is class i; the raw sigmoid output is the probability of labels[1].
+    # Legacy FaceNet files: class 0 = fake, class 1 = real, so the output is P(real).
+    labels: tuple[Label, Label] = ("fake", "real")
+    # The image is "fake" when P(fake) >= threshold.
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    input_size: tuple[int, int] = (160, 160)  # (height, width)
+    normalization: Normalization = "zero_one"
+    file_format: Literal["keras", "saved_model"] = "keras"
+    # Loaded with Keras safe_mode off: only for files the importer was told to trust.
+    trusted_code: bool = False
+    description: str = ""
+    placeholder: bool = False
+    source: dict[str, Any] = Field(default_factory=dict)
+    frameworks: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    card: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _both_labels(cls, labels: tuple[str, str]) -> tuple[str, str]:
+        if set(labels) != {"fake", "real"}:
+            raise ValueError("labels must be 'fake' and 'real', one per class")
+        return labels
+
+    @property
+    def output_meaning(self) -> str:
+        return f"P({self.labels[1]})"
+
+    def fake_probability(self, raw: float) -> float:
+        raw = min(max(float(raw), 0.0), 1.0)
+        return raw if self.labels[1] == "fake" else 1.0 - raw
+
+    def judge(self, raw: float) -> Verdict:
+        p_fake = self.fake_probability(raw)
+        if p_fake >= self.threshold:
+            return Verdict("fake", p_fake, p_fake, float(raw))
+        return Verdict("real", 1.0 - p_fake, p_fake, float(raw))
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> ModelSpec:
+        return cls.model_validate(metadata)
+
+    def to_metadata(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

@@ -1,0 +1,35 @@
+"""Faults of the client's making, each with its HTTP status and a stable error code."""
+
+from __future__ import annotations
+
+
+class InputError(Exception):
+    """An upload the service refuses. `status` is a 4xx; `code` is stable for clients."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def empty_file() -> InputError:
+    return InputError(400, "EMPTY_FILE", "The uploaded file is empty")
+
+
+def file_too_large(limit: int) -> InputError:
+    return InputError(413, "FILE_TOO_LARGE", f"The upload is larger than {limit} bytes")
+
+
+def image_too_large(width: int, height: int, limit: int) -> InputError:
+    return InputError(413, "IMAGE_TOO_LARGE", f"The image has {width}x{height} pixels; the limit is {limit}")
+
+
+def unsupported_format(allowed: tuple[str, ...]) -> InputError:
+    return InputError(
+        415, "UNSUPPORTED_FORMAT", f"The file is not an image in a supported format ({', '.join(allowed)})"
+    )
+
+
+def invalid_image(reason: str) -> InputError:
+    return InputError(400, "INVALID_IMAGE", f"The image cannot be decoded: {reason}")

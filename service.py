@@ -1,0 +1,235 @@
+"""Deepfake detection: a BentoML bundle with the legacy Flask service's HTTP contract.
+
+Two services. `FaceClassifier` holds the network and runs it on adaptive batches;
+`DeepfakeDetector` is the public API: it decodes uploads, sends uint8 tensors to the
+classifier (requests from many clients merge into one batch) and answers in the legacy shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from modeling.spec import ModelSpec
+from preprocessing.errors import InputError
+from serving.errors import LegacyHTTPMiddleware, error_response, input_error_response, utc_timestamp
+from serving.hardening import harden_multipart
+from serving.pipeline import DetectionPipeline
+from serving.schemas import (
+    AugmentedResponse,
+    DetectResponse,
+    ErrorResponse,
+    HealthResponse,
+    ModelInfoResponse,
+)
+from serving.settings import SETTINGS
+
+logger = logging.getLogger("deepfake")
+harden_multipart()
+
+# Only these are retried once: the inter-service connection dropped, not a model fault.
+RETRYABLE = (ConnectionError, TimeoutError)
+
+
+@bentoml.service(
+    name="face_classifier",
+    workers=1,
+    traffic={"timeout": SETTINGS.request_timeout_s},
+    # The default inter-service session is recycled every 100 requests and drops calls in
+    # flight under load; keep one session for the life of the worker.
+    runner_connection={"max_requests": 10**9, "max_age": 10.0**9},
+)
+class FaceClassifier:
+    model_ref = bentoml.models.BentoModel(SETTINGS.model_tag)
+
+    def __init__(self) -> None:
+        from modeling.loading import load_classifier
+
+        self.spec = ModelSpec.from_metadata(self.model_ref.info.metadata)
+        self.error: str | None = None
+        self.model: Any = None
+        try:
+            name = "saved_model" if self.spec.file_format == "saved_model" else "model.keras"
+            self.model = load_classifier(
+                Path(self.model_ref.path_of(name)), safe_mode=not self.spec.trusted_code
+            )
+            self.predict(np.zeros((1, *self.spec.input_size, 3), np.uint8))  # warm-up
+        except Exception as exc:  # noqa: BLE001 - reported by health, not a crash loop
+            self.model = None
+            self.error = f"model {self.model_ref.tag} failed to load: {type(exc).__name__}: {exc}"
+            logger.error(self.error)
+
+    def __is_ready__(self) -> bool:
+        return self.model is not None
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) images to the raw sigmoid outputs (N,)."""
+        from preprocessing.tensor import normalize
+
+        if self.model is None:
+            raise bentoml.exceptions.ServiceUnavailable(self.error or "model not loaded")
+        x = normalize(images, self.spec.normalization)
+        return np.asarray(self.model.predict_on_batch(x), dtype=np.float32).reshape(len(images))
+
+    @bentoml.api
+    def status(self) -> dict[str, Any]:
+        return {"ready": self.model is not None, "error": self.error}
+
+    @bentoml.api
+    def describe(self) -> dict[str, Any]:
+        if self.model is None:
+            raise bentoml.exceptions.ServiceUnavailable(self.error or "model not loaded")
+        return {
+            "input_shape": list(self.model.inputs[0].shape),
+            "layers": [layer.name for layer in self.model.layers],
+            "parameters": int(self.model.count_params()),
+            "path": str(self.model_ref.path),
+        }
+
+
+def model_unavailable() -> JSONResponse:
+    return error_response(
+        503, "MODEL_UNAVAILABLE", "The model cannot serve right now; retry later", {"Retry-After": "5"}
+    )
+
+
+http = FastAPI(
+    title="Deepfake detection (legacy GET routes)", docs_url=None, redoc_url=None, openapi_url=None
+)
+
+
+@bentoml.service(
+    name="deepfake_detector",
+    workers=SETTINGS.api_workers,
+    traffic={"timeout": SETTINGS.request_timeout_s},
+    http={
+        "cors": {
+            "enabled": True,
+            "access_control_allow_origins": list(SETTINGS.cors_origins),
+            "access_control_allow_methods": ["GET", "POST", "OPTIONS"],
+            "access_control_allow_headers": ["*"],
+        }
+    },
+)
+@bentoml.asgi_app(http, path="/")
+class DeepfakeDetector:
+    model_ref = bentoml.models.BentoModel(SETTINGS.model_tag)  # metadata only: weights load in FaceClassifier
+    classifier = bentoml.depends(FaceClassifier)
+
+    def __init__(self) -> None:
+        self.spec = ModelSpec.from_metadata(self.model_ref.info.metadata)
+        self.pipeline = DetectionPipeline(self.spec, str(self.model_ref.tag), SETTINGS.limits, self._predict)
+
+    async def _predict(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            return await self.classifier.to_async.predict(batch)
+        except RETRYABLE:
+            logger.warning("model service connection failed; retrying once")
+            return await self.classifier.to_async.predict(batch)
+
+    async def _run(self, file: Path, route: Any) -> Any:
+        try:
+            return await route(file.read_bytes())
+        except InputError as exc:
+            return input_error_response(exc)
+        except (bentoml.exceptions.ServiceUnavailable, *RETRYABLE) as exc:
+            logger.warning("model service unavailable: %s", exc)
+            return model_unavailable()
+
+    @bentoml.api(route="/api/v1/detect/")
+    async def detect(self, file: Path) -> DetectResponse:
+        """Judge one image: real or fake. Multipart form, field `file`."""
+        return await self._run(file, self.pipeline.detect)
+
+    @bentoml.api(route="/api/v1/detect/augmented")
+    async def detect_augmented(self, file: Path) -> AugmentedResponse:
+        """Judge seven test-time variants of one image (one model batch) and vote."""
+        return await self._run(file, self.pipeline.detect_augmented)
+
+    @bentoml.api(route="/api/v1/detect/health")
+    async def health(self) -> HealthResponse:
+        """Whether the model can serve. GET at the same path answers 503 when it cannot."""
+        try:
+            status = await self.classifier.to_async.status()
+            ready, error = bool(status["ready"]), status["error"]
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the model is "unhealthy"
+            ready, error = False, f"model service unreachable: {type(exc).__name__}"
+        return HealthResponse(
+            status="healthy" if ready else "unhealthy",
+            model_loaded=ready,
+            timestamp=utc_timestamp(),
+            error=error,
+        )
+
+    @bentoml.api(route="/api/v1/model/info")
+    async def model_info(self) -> ModelInfoResponse:
+        """The truth about the served model, read from the model itself and its metadata."""
+        try:
+            described = await self.classifier.to_async.describe()
+        except Exception as exc:  # noqa: BLE001 - the model is not there to describe
+            logger.warning("model info unavailable: %s", exc)
+            return model_unavailable()
+        spec = self.spec
+        return ModelInfoResponse(
+            tag=str(self.model_ref.tag),
+            input_shape=described["input_shape"],
+            image_size=list(spec.input_size),
+            model_path=described["path"],
+            labels=list(spec.labels),
+            output_meaning=spec.output_meaning,
+            threshold=spec.threshold,
+            normalization=spec.normalization,
+            placeholder=spec.placeholder,
+            description=spec.description,
+            layer_count=len(described["layers"]),
+            layers=described["layers"],
+            parameters=described["parameters"],
+            metrics=spec.metrics,
+            card=spec.card,
+            source=spec.source,
+            frameworks=spec.frameworks,
+        )
+
+    # Legacy GET routes (BentoML API routes are POST only).
+    @http.get(
+        "/api/v1/detect/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}}
+    )
+    async def get_health(self) -> JSONResponse:
+        health = await self.health()
+        status = 200 if health.model_loaded else 503
+        return JSONResponse(health.model_dump(exclude_none=True), status_code=status)
+
+    @http.get(
+        "/api/v1/model/info", response_model=ModelInfoResponse, responses={503: {"model": ErrorResponse}}
+    )
+    async def get_model_info(self) -> Any:
+        return await self.model_info()
+
+    @http.get("/api/v1/docs", include_in_schema=False)
+    async def swagger_ui(self) -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/docs.json",
+            title="Deepfake detection API",
+            swagger_js_url="/static_content/swagger-ui-bundle.js",
+            swagger_css_url="/static_content/swagger-ui.css",
+            swagger_favicon_url="/static_content/favicon-light-32x32.png",
+        )
+
+
+DeepfakeDetector.add_asgi_middleware(
+    LegacyHTTPMiddleware,
+    aliases={"/api/v1/detect": "/api/v1/detect/", "/api/v1/detect/augmented/": "/api/v1/detect/augmented"},
+    max_body_bytes=SETTINGS.max_upload_bytes + 64 * 1024,  # room for the multipart envelope
+)

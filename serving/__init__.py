@@ -1,0 +1,1 @@
+"""The HTTP side of the bundle: settings, response schemas, errors and the detection pipeline."""
