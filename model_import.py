@@ -150,7 +150,11 @@ def default_model_tag(name: str) -> str | None:
 
     from modeling.default import DEFAULT_MODEL_VERSION
 
-    for stored in bentoml.models.list(name):
+    try:
+        stored_models = bentoml.models.list(name)
+    except bentoml.exceptions.NotFound:
+        return None
+    for stored in stored_models:
         if stored.info.labels.get("default_recipe") == DEFAULT_MODEL_VERSION:
             return str(stored.tag)
     return None

@@ -19,9 +19,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from modeling.spec import ModelSpec
 from preprocessing.errors import InputError
-from serving.errors import LegacyHTTPMiddleware, error_response, input_error_response, utc_timestamp
+from serving.errors import LegacyHTTPMiddleware, error_response, input_error_response
 from serving.hardening import harden_multipart
 from serving.pipeline import DetectionPipeline
+from serving.reports import health_report, model_info_report
 from serving.schemas import (
     AugmentedResponse,
     DetectResponse,
@@ -90,7 +91,7 @@ class FaceClassifier:
     @bentoml.api
     def describe(self) -> dict[str, Any]:
         if self.model is None:
-            raise bentoml.exceptions.ServiceUnavailable(self.error or "model not loaded")
+            return {"error": self.error}
         return {
             "input_shape": list(self.model.inputs[0].shape),
             "layers": [layer.name for layer in self.model.layers],
@@ -158,56 +159,40 @@ class DeepfakeDetector:
         """Judge seven test-time variants of one image (one model batch) and vote."""
         return await self._run(file, self.pipeline.detect_augmented)
 
-    @bentoml.api(route="/api/v1/detect/health")
-    async def health(self) -> HealthResponse:
-        """Whether the model can serve. GET at the same path answers 503 when it cannot."""
+    async def _health(self) -> HealthResponse:
         try:
             status = await self.classifier.to_async.status()
-            ready, error = bool(status["ready"]), status["error"]
         except Exception as exc:  # noqa: BLE001 - any failure to reach the model is "unhealthy"
-            ready, error = False, f"model service unreachable: {type(exc).__name__}"
-        return HealthResponse(
-            status="healthy" if ready else "unhealthy",
-            model_loaded=ready,
-            timestamp=utc_timestamp(),
-            error=error,
-        )
+            return health_report(False, f"model service unreachable: {type(exc).__name__}")
+        return health_report(bool(status["ready"]), status["error"])
+
+    async def _model_info(self) -> ModelInfoResponse | JSONResponse:
+        try:
+            described = await self.classifier.to_async.describe()
+        except Exception as exc:  # noqa: BLE001 - the model service is not there to answer
+            described = {"error": f"model service unreachable: {type(exc).__name__}"}
+        if "error" in described:
+            logger.warning("model info unavailable: %s", described["error"])
+            return model_unavailable()
+        return model_info_report(self.spec, str(self.model_ref.tag), described)
+
+    @bentoml.api(route="/api/v1/detect/health")
+    async def health(self) -> HealthResponse:
+        """Whether the model can serve (GET at the same path answers 503 when it cannot)."""
+        return await self._health()
 
     @bentoml.api(route="/api/v1/model/info")
     async def model_info(self) -> ModelInfoResponse:
         """The truth about the served model, read from the model itself and its metadata."""
-        try:
-            described = await self.classifier.to_async.describe()
-        except Exception as exc:  # noqa: BLE001 - the model is not there to describe
-            logger.warning("model info unavailable: %s", exc)
-            return model_unavailable()
-        spec = self.spec
-        return ModelInfoResponse(
-            tag=str(self.model_ref.tag),
-            input_shape=described["input_shape"],
-            image_size=list(spec.input_size),
-            model_path=described["path"],
-            labels=list(spec.labels),
-            output_meaning=spec.output_meaning,
-            threshold=spec.threshold,
-            normalization=spec.normalization,
-            placeholder=spec.placeholder,
-            description=spec.description,
-            layer_count=len(described["layers"]),
-            layers=described["layers"],
-            parameters=described["parameters"],
-            metrics=spec.metrics,
-            card=spec.card,
-            source=spec.source,
-            frameworks=spec.frameworks,
-        )
+        return await self._model_info()
 
-    # Legacy GET routes (BentoML API routes are POST only).
+    # Legacy GET routes (BentoML API routes are POST only). They call the helpers above, not
+    # the API methods: an API method called from inside the service goes through HTTP again.
     @http.get(
         "/api/v1/detect/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}}
     )
     async def get_health(self) -> JSONResponse:
-        health = await self.health()
+        health = await self._health()
         status = 200 if health.model_loaded else 503
         return JSONResponse(health.model_dump(exclude_none=True), status_code=status)
 
@@ -215,7 +200,7 @@ class DeepfakeDetector:
         "/api/v1/model/info", response_model=ModelInfoResponse, responses={503: {"model": ErrorResponse}}
     )
     async def get_model_info(self) -> Any:
-        return await self.model_info()
+        return await self._model_info()
 
     @http.get("/api/v1/docs", include_in_schema=False)
     async def swagger_ui(self) -> HTMLResponse:

@@ -20,11 +20,10 @@ from typing import Any
 def harden_multipart() -> None:
     from _bentoml_impl.serde import MultipartSerde
     from _bentoml_sdk.typing_utils import is_list_type
+    from bentoml.exceptions import BadInput
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException
     from starlette.formparsers import MultiPartException
-
-    from bentoml.exceptions import BadInput
 
     if getattr(MultipartSerde, "_hardened", False):
         return

@@ -59,6 +59,7 @@ class HealthResponse(BaseModel):
     model_loaded: bool
     timestamp: str = Field(description="ISO 8601, UTC")
     error: str | None = None
+    error_code: str | None = Field(None, description="MODEL_UNAVAILABLE when unhealthy (new)")
 
 
 class ModelInfoResponse(BaseModel):

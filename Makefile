@@ -1,0 +1,49 @@
+# Two commands: `make serve` sets everything up and serves; `make test` sets up and tests.
+# Everything lives in the project: .venv/ (packages) and .bentoml/ (the model store).
+
+PYTHON ?= python3.11
+HOST ?= 0.0.0.0
+PORT ?= 3000
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export BENTOML_HOME ?= $(CURDIR)/.bentoml
+export BENTOML_DO_NOT_TRACK := true
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup model serve test lint format build clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# The default model, imported into the project's store unless the current recipe already is.
+model: $(STAMP)
+	$(BIN)/python model_import.py --if-missing
+
+serve: model
+	exec $(BIN)/bentoml serve service:DeepfakeDetector --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# A Bento (code + pinned packages + the model) that `bentoml serve <tag>` and containerize use.
+build: model
+	$(BIN)/bentoml build
+
+clean:
+	rm -rf .pytest_cache .ruff_cache

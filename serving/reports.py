@@ -1,0 +1,42 @@
+"""Bodies of the health and model-info routes, from what the model service reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modeling.spec import ModelSpec
+from serving.errors import utc_timestamp
+from serving.schemas import HealthResponse, ModelInfoResponse
+
+
+def health_report(ready: bool, error: str | None) -> HealthResponse:
+    return HealthResponse(
+        status="healthy" if ready else "unhealthy",
+        model_loaded=ready,
+        timestamp=utc_timestamp(),
+        error=error,
+        error_code=None if ready else "MODEL_UNAVAILABLE",
+    )
+
+
+def model_info_report(spec: ModelSpec, tag: str, described: dict[str, Any]) -> ModelInfoResponse:
+    """`described` is what the loaded network says of itself (FaceClassifier.describe)."""
+    return ModelInfoResponse(
+        tag=tag,
+        input_shape=described["input_shape"],
+        image_size=list(spec.input_size),
+        model_path=described["path"],
+        labels=list(spec.labels),
+        output_meaning=spec.output_meaning,
+        threshold=spec.threshold,
+        normalization=spec.normalization,
+        placeholder=spec.placeholder,
+        description=spec.description,
+        layer_count=len(described["layers"]),
+        layers=described["layers"],
+        parameters=described["parameters"],
+        metrics=spec.metrics,
+        card=spec.card,
+        source=spec.source,
+        frameworks=spec.frameworks,
+    )
