@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import bentoml
 import numpy as np
 from fastapi import FastAPI
@@ -36,7 +37,7 @@ logger = logging.getLogger("deepfake")
 harden_multipart()
 
 # Only these are retried once: the inter-service connection dropped, not a model fault.
-RETRYABLE = (ConnectionError, TimeoutError)
+RETRYABLE = (ConnectionError, TimeoutError, aiohttp.ClientConnectionError)
 
 
 @bentoml.service(

@@ -43,7 +43,7 @@ def decode_upload(
     except UnidentifiedImageError:
         raise errors.unsupported_format(ALLOWED_FORMATS) from None
     except Image.DecompressionBombError:
-        raise errors.image_too_large(0, 0, limits.max_pixels) from None
+        raise errors.image_too_large(limits.max_pixels) from None  # Pillow's own bomb guard
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise errors.invalid_image(str(exc) or type(exc).__name__) from None
 
@@ -51,7 +51,7 @@ def decode_upload(
     if width < 1 or height < 1:
         raise errors.invalid_image(f"bad dimensions {width}x{height}")
     if width * height > limits.max_pixels:
-        raise errors.image_too_large(width, height, limits.max_pixels)
+        raise errors.image_too_large(limits.max_pixels, (width, height))
     try:
         if draft_size is not None and image.format == "JPEG":
             image.draft("RGB", draft_size)

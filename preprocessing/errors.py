@@ -21,8 +21,9 @@ def file_too_large(limit: int) -> InputError:
     return InputError(413, "FILE_TOO_LARGE", f"The upload is larger than {limit} bytes")
 
 
-def image_too_large(width: int, height: int, limit: int) -> InputError:
-    return InputError(413, "IMAGE_TOO_LARGE", f"The image has {width}x{height} pixels; the limit is {limit}")
+def image_too_large(limit: int, size: tuple[int, int] | None = None) -> InputError:
+    declared = f"{size[0]}x{size[1]} pixels" if size else "too many pixels"
+    return InputError(413, "IMAGE_TOO_LARGE", f"The image declares {declared}; the limit is {limit} pixels")
 
 
 def unsupported_format(allowed: tuple[str, ...]) -> InputError:
