@@ -132,7 +132,14 @@ class DeepfakeDetector:
 
     def __init__(self) -> None:
         self.spec = ModelSpec.from_metadata(self.model_ref.info.metadata)
-        self.pipeline = DetectionPipeline(self.spec, str(self.model_ref.tag), SETTINGS.limits, self._predict)
+        detector = None
+        if SETTINGS.face_detection:
+            from preprocessing.faces import FaceDetector
+
+            detector = FaceDetector()
+        self.pipeline = DetectionPipeline(
+            self.spec, str(self.model_ref.tag), SETTINGS.limits, self._predict, detector, SETTINGS.faces
+        )
 
     async def _predict(self, batch: np.ndarray) -> np.ndarray:
         try:
@@ -141,9 +148,9 @@ class DeepfakeDetector:
             logger.warning("model service connection failed; retrying once")
             return await self.classifier.to_async.predict(batch)
 
-    async def _run(self, file: Path, route: Any) -> Any:
+    async def _run(self, file: Path, require_face: bool | None, route: Any) -> Any:
         try:
-            return await route(file.read_bytes())
+            return await route(file.read_bytes(), require_face)
         except InputError as exc:
             return input_error_response(exc)
         except (bentoml.exceptions.ServiceUnavailable, *RETRYABLE) as exc:
@@ -151,14 +158,17 @@ class DeepfakeDetector:
             return model_unavailable()
 
     @bentoml.api(route="/api/v1/detect/")
-    async def detect(self, file: Path) -> DetectResponse:
-        """Judge one image: real or fake. Multipart form, field `file`."""
-        return await self._run(file, self.pipeline.detect)
+    async def detect(self, file: Path, require_face: bool | None = None) -> DetectResponse:
+        """Judge every face in one image; the image is as fake as its most-fake face.
+
+        Multipart form: `file`, and optionally `require_face` (true: no face is a 422
+        NO_FACE; false: the whole image is judged; default: the server's setting)."""
+        return await self._run(file, require_face, self.pipeline.detect)
 
     @bentoml.api(route="/api/v1/detect/augmented")
-    async def detect_augmented(self, file: Path) -> AugmentedResponse:
-        """Judge seven test-time variants of one image (one model batch) and vote."""
-        return await self._run(file, self.pipeline.detect_augmented)
+    async def detect_augmented(self, file: Path, require_face: bool | None = None) -> AugmentedResponse:
+        """Judge seven test-time variants of every face (one model batch) and vote per face."""
+        return await self._run(file, require_face, self.pipeline.detect_augmented)
 
     async def _health(self) -> HealthResponse:
         try:

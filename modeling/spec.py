@@ -36,6 +36,9 @@ class ModelSpec(BaseModel):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     input_size: tuple[int, int] = (160, 160)  # (height, width)
     normalization: Normalization = "zero_one"
+    # How faces are cut for this model (preprocessing.faces.crop_face): what it was trained on.
+    face_margin: float = Field(0.25, ge=0.0)
+    face_align: bool = False
     file_format: Literal["keras", "saved_model"] = "keras"
     # Loaded with Keras safe_mode off: only for files the importer was told to trust.
     trusted_code: bool = False

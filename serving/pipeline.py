@@ -1,21 +1,25 @@
-"""The data path of one request: upload -> decode/validate -> tensor -> model -> verdict.
+"""The data path of one request:
+upload -> decode/validate -> faces -> crops (uint8 tensors) -> model (batched) -> verdicts.
 
 The model call is injected (`predict`), so the same pipeline runs behind the HTTP service
-(where it reaches the batched model service) and in-process (benchmarks)."""
+(where it reaches the batched model service) and in-process (benchmarks). The CPU-bound
+part (`prepare`) runs in a worker thread, off the event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from modeling.spec import ModelSpec, Verdict
-from preprocessing.augment import tta_variants
+from preprocessing.augment import VARIANTS, tta_variants
 from preprocessing.decode import DecodeLimits, decode_upload
+from preprocessing.errors import InputError
+from preprocessing.faces import Face, FaceDetector, clip_box, crop_face
 from preprocessing.tensor import to_input_array
 from serving.schemas import (
     AugmentedDebugInfo,
@@ -23,64 +27,144 @@ from serving.schemas import (
     AugmentedResponse,
     DebugInfo,
     DetectResponse,
+    FaceResult,
 )
+from serving.settings import FaceSettings
 
 # uint8 (N, H, W, 3) -> raw sigmoid outputs (N,)
 Predict = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What the model is shown: one crop per face, or the whole image when there is none."""
+
+    crops: list[np.ndarray]  # (H, W, 3) uint8 each
+    faces: list[Face]  # empty: the single crop is the whole image
+    image_size: tuple[int, int]  # (width, height) of the decoded, upright image
+
+
+def no_face() -> InputError:
+    return InputError(422, "NO_FACE", "No face was found in the image")
+
+
 class DetectionPipeline:
-    def __init__(self, spec: ModelSpec, model_tag: str, limits: DecodeLimits, predict: Predict):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        model_tag: str,
+        limits: DecodeLimits,
+        predict: Predict,
+        detector: FaceDetector | None = None,
+        faces: FaceSettings | None = None,
+    ) -> None:
         self.spec = spec
         self.model_tag = model_tag
         self.limits = limits
         self.predict = predict
+        self.detector = detector
+        self.faces = faces or FaceSettings(enabled=detector is not None)
 
-    def decode(self, data: bytes) -> Image.Image:
+    def prepare(self, data: bytes, require_face: bool | None = None) -> Prepared:
+        """Decode, find faces, crop. CPU-bound: call it in a thread. Raises InputError."""
         height, width = self.spec.input_size
-        return decode_upload(data, self.limits, draft_size=(width, height))
+        if self.detector is None:
+            image = decode_upload(data, self.limits, draft_size=(width, height))
+            return Prepared([to_input_array(image, self.spec.input_size)], [], image.size)
+        # Large JPEGs decode straight to about twice the detection size: enough for the
+        # detector and for crops of small faces, at a fraction of a full decode.
+        side = 2 * self.faces.max_side
+        image = decode_upload(data, self.limits, draft_size=(side, side))
+        faces = self.detector.detect(
+            image,
+            max_side=self.faces.max_side,
+            min_score=self.faces.min_score,
+            max_faces=self.faces.max_faces,
+        )
+        if faces:
+            crops = [
+                to_input_array(
+                    crop_face(
+                        image,
+                        face,
+                        size=(width, height),
+                        margin=self.spec.face_margin,
+                        align=self.spec.face_align,
+                    ),
+                    self.spec.input_size,
+                )
+                for face in faces
+            ]
+            return Prepared(crops, faces, image.size)
+        if self.faces.require if require_face is None else require_face:
+            raise no_face()
+        return Prepared([to_input_array(image, self.spec.input_size)], [], image.size)
 
-    def tensor(self, data: bytes) -> np.ndarray:
-        """Decode and resize: one (H, W, 3) uint8 array. CPU-bound: call it in a thread."""
-        return to_input_array(self.decode(data), self.spec.input_size)
+    def _face_results(self, prepared: Prepared, verdicts: list[Verdict]) -> list[FaceResult]:
+        return [
+            FaceResult(
+                box=list(clip_box(face.box, prepared.image_size)),
+                detector_score=face.score,
+                prediction=verdict.prediction,
+                confidence=verdict.confidence,
+                fake_probability=verdict.fake_probability,
+            )
+            for face, verdict in zip(prepared.faces, verdicts, strict=False)
+        ]
 
-    def _result(self, verdict: Verdict, batch_shape: tuple[int, ...], started: float) -> DetectResponse:
+    def _detect_response(self, prepared: Prepared, verdicts: list[Verdict], started: float) -> DetectResponse:
+        # The image is as fake as its most-fake face.
+        deciding = max(verdicts, key=lambda v: v.fake_probability)
         return DetectResponse(
-            prediction=verdict.prediction,
-            confidence=verdict.confidence,
+            prediction=deciding.prediction,
+            confidence=deciding.confidence,
             processing_time=time.perf_counter() - started,
             debug_info=DebugInfo(
-                input_shape=list(batch_shape),
-                raw_prediction=verdict.raw,
+                input_shape=[len(prepared.crops), *prepared.crops[0].shape],
+                raw_prediction=deciding.raw,
                 output_meaning=self.spec.output_meaning,
             ),
-            fake_probability=verdict.fake_probability,
+            fake_probability=deciding.fake_probability,
             model_tag=self.model_tag,
+            face_detected=bool(prepared.faces),
+            faces=self._face_results(prepared, verdicts),
         )
 
-    async def detect(self, data: bytes) -> DetectResponse:
+    async def detect(self, data: bytes, require_face: bool | None = None) -> DetectResponse:
         started = time.perf_counter()
-        batch = (await asyncio.to_thread(self.tensor, data))[np.newaxis]
-        raw = await self.predict(batch)
-        return self._result(self.spec.judge(float(raw[0])), batch.shape, started)
+        prepared = await asyncio.to_thread(self.prepare, data, require_face)
+        raw = await self.predict(np.stack(prepared.crops))  # all faces: one call, batched
+        return self._detect_response(prepared, [self.spec.judge(float(r)) for r in raw], started)
 
-    def augmented_batch(self, data: bytes) -> tuple[list[str], np.ndarray]:
-        image = Image.fromarray(self.tensor(data))
-        names, variants = zip(*tta_variants(image), strict=True)
-        return list(names), np.stack([np.asarray(v, dtype=np.uint8) for v in variants])
+    def augmented_batch(self, data: bytes, require_face: bool | None = None) -> tuple[Prepared, np.ndarray]:
+        """The seven variants of every crop, crop-major: (7 * crops, H, W, 3)."""
+        prepared = self.prepare(data, require_face)
+        variants = [
+            np.asarray(variant, dtype=np.uint8)
+            for crop in prepared.crops
+            for _, variant in tta_variants(Image.fromarray(crop))
+        ]
+        return prepared, np.stack(variants)
 
-    async def detect_augmented(self, data: bytes) -> AugmentedResponse:
+    async def detect_augmented(self, data: bytes, require_face: bool | None = None) -> AugmentedResponse:
         started = time.perf_counter()
-        names, batch = await asyncio.to_thread(self.augmented_batch, data)
-        raw = await self.predict(batch)  # the seven variants as one batch
-        verdicts = [self.spec.judge(float(r)) for r in raw]
-        votes = Counter(v.prediction for v in verdicts)
-        consensus = "fake" if votes["fake"] > votes["real"] else "real"
-        average = float(
-            np.mean([v.confidence if v.prediction == consensus else 1 - v.confidence for v in verdicts])
-        )
+        prepared, batch = await asyncio.to_thread(self.augmented_batch, data, require_face)
+        raw = await self.predict(batch)  # every variant of every face as one batch
+        names = list(VARIANTS)
+        per_crop = [
+            [self.spec.judge(float(r)) for r in raw[i : i + len(names)]]
+            for i in range(0, len(raw), len(names))
+        ]
+        votes = [self._vote(verdicts) for verdicts in per_crop]
+        deciding = max(range(len(votes)), key=lambda i: votes[i][2])
+        consensus, average, _ = votes[deciding]
+        verdicts = per_crop[deciding]
+        fakes = sum(v.prediction == "fake" for v in verdicts)
+        consensus_faces = [
+            Verdict(label, confidence, p_fake, float("nan")) for label, confidence, p_fake in votes
+        ]
         return AugmentedResponse(
-            original_prediction=self._result(verdicts[0], (1, *batch.shape[1:]), started),
+            original_prediction=self._detect_response(prepared, [v[0] for v in per_crop], started),
             augmented_predictions=[
                 AugmentedPrediction(
                     augmentation_type=name,
@@ -94,9 +178,19 @@ class DetectionPipeline:
             average_confidence=average,
             processing_time=time.perf_counter() - started,
             debug_info=AugmentedDebugInfo(
-                predictions_below_threshold=votes["fake"],
+                predictions_below_threshold=fakes,
                 total_predictions=len(verdicts),
                 threshold=self.spec.threshold,
                 input_size=list(self.spec.input_size),
             ),
+            face_detected=bool(prepared.faces),
+            faces=self._face_results(prepared, consensus_faces),
         )
+
+    @staticmethod
+    def _vote(verdicts: list[Verdict]) -> tuple[str, float, float]:
+        """Majority label, mean probability of that label, mean P(fake)."""
+        fakes = sum(v.prediction == "fake" for v in verdicts)
+        label = "fake" if fakes * 2 > len(verdicts) else "real"
+        p_fake = float(np.mean([v.fake_probability for v in verdicts]))
+        return label, (p_fake if label == "fake" else 1.0 - p_fake), p_fake

@@ -18,13 +18,25 @@ class DebugInfo(BaseModel):
     output_meaning: str = Field(description="What the raw output is the probability of (new)")
 
 
+class FaceResult(BaseModel):
+    box: list[int] = Field(description="[x, y, width, height] in pixels of the upright image")
+    detector_score: float
+    prediction: Label
+    confidence: float = Field(description="Probability of this face's label")
+    fake_probability: float
+
+
 class DetectResponse(BaseModel):
+    """The top-level verdict describes the image: its most-fake face (or the whole image)."""
+
     prediction: Label
     confidence: float = Field(description="Probability of the predicted label, 0..1")
     processing_time: float = Field(description="Seconds spent on the request in the server")
     debug_info: DebugInfo
-    fake_probability: float = Field(description="P(fake), 0..1 (new)")
+    fake_probability: float = Field(description="P(fake) of the image: its most-fake face (new)")
     model_tag: str = Field(description="The served model (new)")
+    face_detected: bool = Field(description="False: no face found, the whole image was judged (new)")
+    faces: list[FaceResult] = Field(description="Every face judged, largest first (new)")
 
 
 class AugmentedPrediction(BaseModel):
@@ -44,6 +56,8 @@ class AugmentedDebugInfo(BaseModel):
 
 
 class AugmentedResponse(BaseModel):
+    """Legacy fields describe the deciding (most-fake) face; `faces` has each face's vote."""
+
     original_prediction: DetectResponse
     augmented_predictions: list[AugmentedPrediction]
     consensus_prediction: Label = Field(description="Majority vote of the seven variants")
@@ -52,6 +66,10 @@ class AugmentedResponse(BaseModel):
     )
     processing_time: float
     debug_info: AugmentedDebugInfo
+    face_detected: bool = Field(description="False: no face found, the whole image was judged (new)")
+    faces: list[FaceResult] = Field(
+        description="Per face: the seven variants' consensus, mean confidence and mean P(fake) (new)"
+    )
 
 
 class HealthResponse(BaseModel):

@@ -10,6 +10,15 @@ from preprocessing.decode import DecodeLimits
 DEFAULT_MODEL_NAME = "deepfake_classifier"
 
 
+@dataclass(frozen=True)
+class FaceSettings:
+    enabled: bool = True
+    require: bool = False  # no face: 422 NO_FACE instead of judging the whole image
+    max_faces: int = 20
+    min_score: float = 0.9
+    max_side: int = 640  # detection runs on a copy at most this large
+
+
 def _int(name: str, default: int) -> int:
     value = os.environ.get(f"DEEPFAKE_{name}")
     return default if value in (None, "") else int(value)
@@ -17,6 +26,16 @@ def _int(name: str, default: int) -> int:
 
 def _str(name: str, default: str) -> str:
     return os.environ.get(f"DEEPFAKE_{name}") or default
+
+
+def _bool(name: str, default: bool) -> bool:
+    value = os.environ.get(f"DEEPFAKE_{name}", "").strip().lower()
+    return default if not value else value in ("1", "true", "yes", "on")
+
+
+def _float(name: str, default: float) -> float:
+    value = os.environ.get(f"DEEPFAKE_{name}")
+    return default if value in (None, "") else float(value)
 
 
 @dataclass(frozen=True)
@@ -29,9 +48,25 @@ class Settings:
     max_latency_ms: int = field(default_factory=lambda: _int("MAX_LATENCY_MS", 10_000))
     request_timeout_s: int = field(default_factory=lambda: _int("REQUEST_TIMEOUT_S", 60))
     api_workers: int = field(default_factory=lambda: _int("API_WORKERS", 1))
+    # Faces: find them, judge each; the image verdict is the most-fake face.
+    face_detection: bool = field(default_factory=lambda: _bool("FACE_DETECTION", True))
+    require_face: bool = field(default_factory=lambda: _bool("REQUIRE_FACE", False))
+    max_faces: int = field(default_factory=lambda: _int("MAX_FACES", 20))
+    face_min_score: float = field(default_factory=lambda: _float("FACE_MIN_SCORE", 0.9))
+    detect_max_side: int = field(default_factory=lambda: _int("DETECT_MAX_SIDE", 640))
     cors_origins: tuple[str, ...] = field(
         default_factory=lambda: tuple(o.strip() for o in _str("CORS_ORIGINS", "*").split(","))
     )
+
+    @property
+    def faces(self) -> FaceSettings:
+        return FaceSettings(
+            enabled=self.face_detection,
+            require=self.require_face,
+            max_faces=self.max_faces,
+            min_score=self.face_min_score,
+            max_side=self.detect_max_side,
+        )
 
     @property
     def limits(self) -> DecodeLimits:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import bentoml
@@ -14,26 +15,34 @@ import pytest
 
 from modeling.loading import load_classifier
 from modeling.spec import ModelSpec
-from preprocessing.decode import DecodeLimits, decode_upload
-from preprocessing.tensor import normalize, to_input_array
+from preprocessing.decode import DecodeLimits
+from preprocessing.faces import FaceDetector
+from preprocessing.tensor import normalize
+from serving.pipeline import DetectionPipeline
 from tests.helpers import FIXTURES, ServerProcess, image_bytes
 
 ISO_8601 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 
 
-def _in_process_raw(tag: str, data: bytes) -> float:
-    """What the served model must answer: the stored model run here on the same bytes."""
-    stored = bentoml.models.get(tag)
+@pytest.fixture(scope="module")
+def in_process(served_tag: str) -> Callable[[bytes], np.ndarray]:
+    """What the served model must answer: the same pipeline and stored model, run here."""
+    stored = bentoml.models.get(served_tag)
     spec = ModelSpec.from_metadata(stored.info.metadata)
     model = load_classifier(Path(stored.path_of("model.keras")))
-    array = to_input_array(
-        decode_upload(data, DecodeLimits(), draft_size=spec.input_size[::-1]), spec.input_size
-    )
-    return float(np.asarray(model.predict_on_batch(normalize(array[None], spec.normalization)))[0, 0])
+    pipeline = DetectionPipeline(spec, served_tag, DecodeLimits(), predict=None, detector=FaceDetector())  # type: ignore[arg-type]
+
+    def raw_outputs(data: bytes) -> np.ndarray:
+        crops = np.stack(pipeline.prepare(data).crops)
+        return np.asarray(model.predict_on_batch(normalize(crops, spec.normalization))).reshape(-1)
+
+    return raw_outputs
 
 
 @pytest.mark.parametrize("path", ["/api/v1/detect/", "/api/v1/detect"])
-def test_detect_answers_the_legacy_body(server: ServerProcess, served_tag: str, path: str) -> None:
+def test_detect_answers_the_legacy_body(
+    server: ServerProcess, served_tag: str, path: str, in_process: Callable[[bytes], np.ndarray]
+) -> None:
     data = image_bytes("JPEG", size=(300, 200), seed=3)
     response = server.post(path, files={"file": ("face.jpg", data, "image/jpeg")})
     assert response.status_code == 200, response.text
@@ -42,7 +51,8 @@ def test_detect_answers_the_legacy_body(server: ServerProcess, served_tag: str, 
     assert isinstance(body["processing_time"], float) and body["processing_time"] >= 0
     assert body["debug_info"]["input_shape"] == [1, 64, 64, 3]
     raw = body["debug_info"]["raw_prediction"]
-    assert raw == pytest.approx(_in_process_raw(served_tag, data), abs=1e-5)  # the real model answered
+    assert raw == pytest.approx(in_process(data)[0], abs=1e-5)  # the real model answered
+    assert body["face_detected"] is False and body["faces"] == []  # noise: the whole image is judged
     # legacy model: raw output is P(real); confidence is the probability of the predicted label
     assert body["confidence"] == pytest.approx(raw if body["prediction"] == "real" else 1 - raw)
     assert body["fake_probability"] == pytest.approx(1 - raw)
