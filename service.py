@@ -8,6 +8,7 @@ classifier (requests from many clients merge into one batch) and answers in the 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from modeling.spec import ModelSpec
 from preprocessing.errors import InputError
+from serving.access import AccessMiddleware
 from serving.errors import LegacyHTTPMiddleware, error_response, input_error_response
 from serving.hardening import harden_multipart
+from serving.observability import configure_logging, metrics
 from serving.pipeline import DetectionPipeline
 from serving.reports import health_report, model_info_report
 from serving.schemas import (
@@ -35,6 +38,7 @@ from serving.settings import SETTINGS
 
 logger = logging.getLogger("deepfake")
 harden_multipart()
+configure_logging(SETTINGS.log_format)
 
 # Only these are retried once: the inter-service connection dropped, not a model fault.
 RETRYABLE = (ConnectionError, TimeoutError, aiohttp.ClientConnectionError)
@@ -82,8 +86,12 @@ class FaceClassifier:
 
         if self.model is None:
             raise bentoml.exceptions.ServiceUnavailable(self.error or "model not loaded")
+        started = time.perf_counter()
         x = normalize(images, self.spec.normalization)
-        return np.asarray(self.model.predict_on_batch(x), dtype=np.float32).reshape(len(images))
+        raw = np.asarray(self.model.predict_on_batch(x), dtype=np.float32).reshape(len(images))
+        metrics().batch_seconds.observe(time.perf_counter() - started)
+        metrics().batch_images.observe(len(images))
+        return raw
 
     @bentoml.api
     def status(self) -> dict[str, Any]:
@@ -224,8 +232,16 @@ class DeepfakeDetector:
         )
 
 
+# Outermost first: the legacy edge (aliases, body cap, error shape, request id), then access.
 DeepfakeDetector.add_asgi_middleware(
     LegacyHTTPMiddleware,
     aliases={"/api/v1/detect": "/api/v1/detect/", "/api/v1/detect/augmented/": "/api/v1/detect/augmented"},
     max_body_bytes=SETTINGS.max_upload_bytes + 64 * 1024,  # room for the multipart envelope
+)
+DeepfakeDetector.add_asgi_middleware(
+    AccessMiddleware,
+    guarded=("/api/v1/detect/", "/api/v1/detect/augmented"),
+    api_key=SETTINGS.api_key,
+    rate_limits=SETTINGS.rate_limits,
+    trust_forwarded_for=SETTINGS.trust_forwarded_for,
 )

@@ -85,7 +85,8 @@ def _framework_error(status: int, body: bytes) -> dict[str, str]:
 
 
 class LegacyHTTPMiddleware:
-    """Path aliases, a request-body cap, and every error answered in the legacy shape."""
+    """Path aliases, a request-body cap, every error in the legacy shape (and counted), and
+    an X-Request-ID header on every answer."""
 
     def __init__(
         self,
@@ -110,6 +111,7 @@ class LegacyHTTPMiddleware:
 
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            _count_rejected(413, "FILE_TOO_LARGE")
             await self._send_error(send, 413, "FILE_TOO_LARGE", self._too_large())
             return
 
@@ -134,7 +136,7 @@ class LegacyHTTPMiddleware:
             nonlocal start
             if message["type"] == "http.response.start":
                 if message["status"] < 400 and not too_large:
-                    await send(message)
+                    await send({**message, "headers": [*message.get("headers", []), *_request_id_header()]})
                 else:
                     start = message
                 return
@@ -155,7 +157,8 @@ class LegacyHTTPMiddleware:
                 for k, v in start.get("headers", [])
                 if k.lower() not in (b"content-length", b"content-type")
             ]
-            await self._send_json(send, status, body, headers)
+            _count_rejected(status, body["error_code"])
+            await send_json(send, status, body, [*headers, *_request_id_header()])
 
         await self.app(scope, capped_receive, rewriting_send)
 
@@ -163,17 +166,31 @@ class LegacyHTTPMiddleware:
         return f"The request body is larger than {self.max_body_bytes} bytes"
 
     async def _send_error(self, send: Send, status: int, code: str, message: str) -> None:
-        await self._send_json(send, status, error_body(code, message), [])
+        await send_json(send, status, error_body(code, message), _request_id_header())
 
-    @staticmethod
-    async def _send_json(
-        send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
-    ) -> None:
-        payload = json.dumps(body).encode()
-        headers = [
-            *headers,
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+
+async def send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
+) -> None:
+    payload = json.dumps(body).encode()
+    headers = [
+        *headers,
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _request_id_header() -> list[tuple[bytes, bytes]]:
+    """The request id that also tags this request's log lines, for every answer."""
+    from serving.observability import current_request_id
+
+    request_id = current_request_id()
+    return [(b"x-request-id", request_id.encode())] if request_id else []
+
+
+def _count_rejected(status: int, code: str) -> None:
+    from serving.observability import metrics
+
+    metrics().rejected.labels(status=str(status), error_code=code).inc()

@@ -21,6 +21,7 @@ from preprocessing.decode import DecodeLimits, decode_upload
 from preprocessing.errors import InputError
 from preprocessing.faces import Face, FaceDetector, clip_box, crop_face
 from preprocessing.tensor import to_input_array
+from serving.observability import record_verdict
 from serving.schemas import (
     AugmentedDebugInfo,
     AugmentedPrediction,
@@ -134,7 +135,9 @@ class DetectionPipeline:
         started = time.perf_counter()
         prepared = await asyncio.to_thread(self.prepare, data, require_face)
         raw = await self.predict(np.stack(prepared.crops))  # all faces: one call, batched
-        return self._detect_response(prepared, [self.spec.judge(float(r)) for r in raw], started)
+        response = self._detect_response(prepared, [self.spec.judge(float(r)) for r in raw], started)
+        record_verdict("detect", response.prediction, len(prepared.faces))
+        return response
 
     def augmented_batch(self, data: bytes, require_face: bool | None = None) -> tuple[Prepared, np.ndarray]:
         """The seven variants of every crop, crop-major: (7 * crops, H, W, 3)."""
@@ -163,6 +166,7 @@ class DetectionPipeline:
         consensus_faces = [
             Verdict(label, confidence, p_fake, float("nan")) for label, confidence, p_fake in votes
         ]
+        record_verdict("detect_augmented", consensus, len(prepared.faces))
         return AugmentedResponse(
             original_prediction=self._detect_response(prepared, [v[0] for v in per_crop], started),
             augmented_predictions=[

@@ -54,6 +54,12 @@ class Settings:
     max_faces: int = field(default_factory=lambda: _int("MAX_FACES", 20))
     face_min_score: float = field(default_factory=lambda: _float("FACE_MIN_SCORE", 0.9))
     detect_max_side: int = field(default_factory=lambda: _int("DETECT_MAX_SIDE", 640))
+    # Access: off unless set. API key as 'Authorization: Bearer <key>' on the detect routes;
+    # per-client rate limits such as "200/day,50/hour" (the old service's defaults).
+    api_key: str | None = field(default_factory=lambda: _str("API_KEY", "") or None)
+    rate_limits: str = field(default_factory=lambda: _str("RATE_LIMITS", ""))
+    trust_forwarded_for: bool = field(default_factory=lambda: _bool("TRUST_FORWARDED_FOR", False))
+    log_format: str = field(default_factory=lambda: _str("LOG_FORMAT", "json"))
     cors_origins: tuple[str, ...] = field(
         default_factory=lambda: tuple(o.strip() for o in _str("CORS_ORIGINS", "*").split(","))
     )
