@@ -56,24 +56,19 @@ class FaceClassifier:
     model_ref = bentoml.models.BentoModel(SETTINGS.model_tag)
 
     def __init__(self) -> None:
-        from modeling.loading import load_classifier
+        from modeling.inference import Classifier
 
         self.spec = ModelSpec.from_metadata(self.model_ref.info.metadata)
         self.error: str | None = None
-        self.model: Any = None
+        self.classifier: Classifier | None = None
         try:
-            name = "saved_model" if self.spec.file_format == "saved_model" else "model.keras"
-            self.model = load_classifier(
-                Path(self.model_ref.path_of(name)), safe_mode=not self.spec.trusted_code
-            )
-            self.predict(np.zeros((1, *self.spec.input_size, 3), np.uint8))  # warm-up
+            self.classifier = Classifier.load(Path(self.model_ref.path), self.spec)  # loads and warms up
         except Exception as exc:  # noqa: BLE001 - reported by health, not a crash loop
-            self.model = None
             self.error = f"model {self.model_ref.tag} failed to load: {type(exc).__name__}: {exc}"
             logger.error(self.error)
 
     def __is_ready__(self) -> bool:
-        return self.model is not None
+        return self.classifier is not None
 
     @bentoml.api(
         batchable=True,
@@ -82,31 +77,23 @@ class FaceClassifier:
     )
     def predict(self, images: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) images to the raw sigmoid outputs (N,)."""
-        from preprocessing.tensor import normalize
-
-        if self.model is None:
+        if self.classifier is None:
             raise bentoml.exceptions.ServiceUnavailable(self.error or "model not loaded")
         started = time.perf_counter()
-        x = normalize(images, self.spec.normalization)
-        raw = np.asarray(self.model.predict_on_batch(x), dtype=np.float32).reshape(len(images))
+        raw = self.classifier(images)
         metrics().batch_seconds.observe(time.perf_counter() - started)
         metrics().batch_images.observe(len(images))
         return raw
 
     @bentoml.api
     def status(self) -> dict[str, Any]:
-        return {"ready": self.model is not None, "error": self.error}
+        return {"ready": self.classifier is not None, "error": self.error}
 
     @bentoml.api
     def describe(self) -> dict[str, Any]:
-        if self.model is None:
+        if self.classifier is None:
             return {"error": self.error}
-        return {
-            "input_shape": list(self.model.inputs[0].shape),
-            "layers": [layer.name for layer in self.model.layers],
-            "parameters": int(self.model.count_params()),
-            "path": str(self.model_ref.path),
-        }
+        return {**self.classifier.describe(), "path": str(self.model_ref.path)}
 
 
 def model_unavailable() -> JSONResponse:
