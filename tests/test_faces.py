@@ -263,3 +263,12 @@ def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
     h = max(0, min(ay + ah, by + bh) - max(ay, by))
     return w * h / float(aw * ah + bw * bh - w * h)
+
+
+def test_compiled_networks_find_the_same_faces(detector: FaceDetector) -> None:
+    eager = FaceDetector(compiled=False)
+    for name in sorted(EXPECTED):
+        image = ImageOps.exif_transpose(Image.open(FIXTURES / name)).convert("RGB")
+        fast, slow = detector.detect(image), eager.detect(image)
+        assert [f.box for f in fast] == [f.box for f in slow], name
+        assert [f.score for f in fast] == pytest.approx([f.score for f in slow], abs=1e-4)
