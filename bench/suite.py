@@ -1,0 +1,193 @@
+"""The speed report: the service against its own in-process limit, measured in one run.
+
+    make bench            # or: BENTOML_HOME=.bentoml .venv/bin/python bench/suite.py
+
+Starts `bentoml serve` (faces on, then faces off), and for each: time to ready, idle memory,
+the in-process limit (bench/inprocess.py), then closed-loop HTTP load (bench/http_load.py) on
+`detect` at concurrency 1, 8, 32, 64, concurrency 1 again right after 64 (recovery), and
+`detect_augmented` at concurrency 1 and 8. Prints one table of ratios; writes the raw numbers
+to bench/results/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.http_load import load_images, run, server_rss_mb  # noqa: E402
+from bench.inprocess import default_images, measure  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`bentoml serve` with its own BENTOML_HOME around the project's model store."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        store = Path(os.environ.get("BENTOML_HOME", ROOT / ".bentoml"))
+        self.home = Path(tempfile.mkdtemp(prefix="bench-home-"))
+        (self.home / "models").symlink_to(store / "models")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "BENTOML_HOME": str(self.home), "DEEPFAKE_LOG_FORMAT": "text", **env}
+
+    def __enter__(self) -> Server:
+        started = time.perf_counter()
+        self.log = (self.home / "serve.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "service:DeepfakeDetector", "--port", str(self.port)],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        while time.perf_counter() - started < 180:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    self.ready_s = time.perf_counter() - started
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready; see {self.home / 'serve.log'}")
+
+    def __exit__(self, *_: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+def recovery(url: str, images: list[tuple[str, bytes]], seconds: float = 10.0) -> list[float]:
+    """p50 latency (ms) of concurrency-1 detect in consecutive 2-second windows."""
+    windows = []
+    for _ in range(int(seconds / 2)):
+        result = asyncio.run(run(url, "detect", 1, 10**6, 2.0, images))
+        windows.append(result.p50_ms)
+    return windows
+
+
+def bench_config(faces: bool, requests: int, images: list[tuple[str, bytes]]) -> dict:
+    env = {"DEEPFAKE_FACE_DETECTION": "true" if faces else "false"}
+    with Server(env) as server:
+        time.sleep(2)
+        report: dict = {
+            "faces": faces,
+            "ready_s": round(server.ready_s, 1),
+            "idle_rss_mb": round(server_rss_mb(server.url), 1),
+        }
+        os.environ.update(env)  # the in-process pipeline reads the same settings
+        limit = measure("deepfake_classifier:latest", faces, [1, 8, 16, 32, 64], 64, default_images())
+        report["inprocess"] = asdict(limit)
+        print(
+            f"[faces {'on' if faces else 'off'}] ready {report['ready_s']} s, idle RSS "
+            f"{report['idle_rss_mb']} MB; in-process best {limit.best_images_per_s} img/s at batch "
+            f"{limit.best_batch_size}, single image {limit.single_image_ms} ms",
+            flush=True,
+        )
+        runs = {}
+        for concurrency in (1, 8, 32, 64):
+            count = max(requests, 8 * concurrency) if concurrency > 1 else requests // 2
+            result = asyncio.run(run(server.url, "detect", concurrency, count, 0, images))
+            runs[f"detect_c{concurrency}"] = asdict(result)
+            print(
+                f"  detect c={concurrency}: {result.rps} req/s p50 {result.p50_ms} ms p99 {result.p99_ms} ms "
+                f"statuses {result.statuses} mean batch {result.mean_batch} rss {result.server_rss_mb} MB",
+                flush=True,
+            )
+        report["recovery_p50_ms"] = recovery(server.url, images)
+        print(f"  detect c=1 after c=64, p50 per 2 s window: {report['recovery_p50_ms']}", flush=True)
+        for concurrency in (1, 8):
+            result = asyncio.run(run(server.url, "augmented", concurrency, requests // 2, 0, images))
+            runs[f"augmented_c{concurrency}"] = asdict(result)
+            print(
+                f"  augmented c={concurrency}: {result.rps} req/s p50 {result.p50_ms} ms "
+                f"statuses {result.statuses}",
+                flush=True,
+            )
+        report["http"] = runs
+        report["final_rss_mb"] = round(server_rss_mb(server.url), 1)
+    return report
+
+
+def summary(report: dict) -> list[str]:
+    limit = report["inprocess"]
+    http = report["http"]
+    single = limit["single_image_ms"]
+    c1 = http["detect_c1"]["p50_ms"]
+    errors = sum(
+        n
+        for key, run_ in http.items()
+        if key.startswith("detect")
+        for status, n in run_["statuses"].items()
+        if status != "200"
+    )
+    back = next((i * 2 + 2 for i, p50 in enumerate(report["recovery_p50_ms"]) if p50 <= 1.2 * c1), None)
+    rps, best = http["detect_c32"]["rps"], limit["best_images_per_s"]
+    return [
+        f"| throughput c=32 / in-process limit | {rps} / {best} = {rps / best:.2f} | >= 0.85 |",
+        f"| errors, detect c=1..64 | {errors} | 0 |",
+        f"| p50 c=1 vs in-process single image | {c1} vs {single} ms (+{c1 - single:.1f} ms) | <= +15 ms |",
+        f"| p50 c=1 within 20 % of idle after c=64 | {f'after {back} s' if back else 'not within 10 s'} "
+        f"({report['recovery_p50_ms']}) | <= 10 s |",
+        f"| augmented / detect p50 at c=1 | {http['augmented_c1']['p50_ms']} / {c1} = "
+        f"{http['augmented_c1']['p50_ms'] / c1:.2f} | <= 2.5 |",
+        f"| ready after start | {report['ready_s']} s | <= 20 s |",
+        f"| idle RSS, all server processes | {report['idle_rss_mb']} MB | < 1500 MB |",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--requests", type=int, default=200, help="requests per HTTP run (more at high concurrency)"
+    )
+    parser.add_argument("--only", choices=("faces", "no-faces"), help="run one configuration")
+    args = parser.parse_args()
+    images = load_images([])
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    reports = {}
+    for faces in (True, False):
+        if args.only and args.only != ("faces" if faces else "no-faces"):
+            continue
+        reports["faces" if faces else "no_faces"] = bench_config(faces, args.requests, images)
+    print(f"\nMachine: {machine}")
+    for name, report in reports.items():
+        print(
+            f"\n{name}: model {report['inprocess']['model_tag']}\n| measure | value | target |\n|---|---|---|"
+        )
+        print("\n".join(summary(report)))
+    if len(reports) == 2:
+        on, off = (
+            reports["faces"]["http"]["detect_c32"]["rps"],
+            reports["no_faces"]["http"]["detect_c32"]["rps"],
+        )
+        print(f"\nface detection cost at c=32: {on} req/s with faces, {off} without ({on / off:.2f}x)")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"suite-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"machine": machine, **reports}, indent=2))
+    print(f"raw numbers: {path}")
+
+
+if __name__ == "__main__":
+    main()
