@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from modeling.spec import ModelSpec
 from preprocessing.errors import InputError
 from serving.access import AccessMiddleware
+from serving.batching import use_greedy_batching
 from serving.errors import LegacyHTTPMiddleware, error_response, input_error_response
 from serving.hardening import harden_multipart
 from serving.observability import configure_logging, metrics
@@ -39,6 +40,8 @@ from serving.settings import SETTINGS
 logger = logging.getLogger("deepfake")
 harden_multipart()
 configure_logging(SETTINGS.log_format)
+if SETTINGS.batch_policy == "greedy":
+    use_greedy_batching()
 
 # Only these are retried once: the inter-service connection dropped, not a model fault.
 RETRYABLE = (ConnectionError, TimeoutError, aiohttp.ClientConnectionError)

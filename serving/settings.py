@@ -46,6 +46,7 @@ class Settings:
     # Adaptive batching of the model service.
     max_batch_size: int = field(default_factory=lambda: _int("MAX_BATCH_SIZE", 64))
     max_latency_ms: int = field(default_factory=lambda: _int("MAX_LATENCY_MS", 10_000))
+    batch_policy: str = field(default_factory=lambda: _str("BATCH_POLICY", "greedy"))  # or "bentoml"
     request_timeout_s: int = field(default_factory=lambda: _int("REQUEST_TIMEOUT_S", 60))
     api_workers: int = field(default_factory=lambda: _int("API_WORKERS", 1))
     # Faces: find them, judge each; the image verdict is the most-fake face.
