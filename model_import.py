@@ -115,6 +115,13 @@ def import_model(
     if not path.exists():
         raise ImportRefused(f"{path}: no such file or folder")
     fmt = file_format(path)
+    if fmt == "saved_model" and not trust_code:
+        # A SavedModel is a TensorFlow graph that runs as it is: it can hold file and network
+        # ops, and Keras' safe_mode has nothing to check in it.
+        raise ImportRefused(
+            f"{path.name} is a SavedModel: its graph runs as it is (it may read or write files); "
+            "import it with --trust-code if you trust where it came from"
+        )
     if trust_code:
         print(
             "WARNING: --trust-code loads the file with Keras safe_mode off; it can run any "

@@ -56,7 +56,8 @@ def test_keras_file_with_other_output_and_normalisation(tmp_path: Path) -> None:
 def test_saved_model_folder_imports_and_predicts_the_same(tmp_path: Path) -> None:
     model = build_legacy_facenet_like(32)
     model.export(tmp_path / "exported", verbose=False)
-    tag = import_model(tmp_path / "exported")
+    assert "--trust-code" in _refusal(tmp_path / "exported")  # a graph runs as it is
+    tag = import_model(tmp_path / "exported", trust_code=True)
     assert _spec(tag).file_format == "saved_model"
     from modeling.loading import load_classifier
 
