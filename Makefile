@@ -47,3 +47,23 @@ build: model
 
 clean:
 	rm -rf .pytest_cache .ruff_cache
+
+# ---- Container image (deploy/README.md) ----
+# `make base-image image image-smoke`: Docker where an engine runs, else buildah + podman
+# (installed with apt; their state stays in .oci-build/).
+IMAGE_TAG ?= deepfake-detector:latest
+
+.PHONY: base-image image image-smoke
+
+# python:3.11-slim built from the apt mirror, for hosts that reach no container registry.
+base-image:
+	bash deploy/scripts/base-image.sh
+
+# bentoml build + bentoml containerize; the model (DEEPFAKE_MODEL_TAG, default the latest
+# import) is packed into the image.
+image: model
+	IMAGE_TAG='$(IMAGE_TAG)' bash deploy/scripts/image.sh
+
+# Run the image with no network, wait for /readyz, post a face photo, check the answer.
+image-smoke:
+	IMAGE_TAG='$(IMAGE_TAG)' bash deploy/scripts/image-smoke.sh
