@@ -47,7 +47,9 @@ def test_api_key_guards_detect_but_not_probes(guarded_server: ServerProcess) -> 
     anonymous = guarded_server.post("/api/v1/detect/", files={"file": FACE})
     assert anonymous.status_code == 401 and anonymous.json()["error_code"] == "UNAUTHORIZED"
     assert anonymous.headers["www-authenticate"] == "Bearer"
-    wrong = guarded_server.post("/api/v1/detect/", files={"file": FACE}, headers={"Authorization": "Bearer nope"})
+    wrong = guarded_server.post(
+        "/api/v1/detect/", files={"file": FACE}, headers={"Authorization": "Bearer nope"}
+    )
     assert wrong.status_code == 401
     for path in ("/livez", "/readyz", "/api/v1/detect/health", "/api/v1/model/info", "/metrics"):
         assert guarded_server.get(path).status_code == 200, path
@@ -55,8 +57,10 @@ def test_api_key_guards_detect_but_not_probes(guarded_server: ServerProcess) -> 
 
 def test_rate_limit_answers_429_with_retry_after(guarded_server: ServerProcess) -> None:
     key = {"Authorization": "Bearer s3cret"}
-    statuses = [guarded_server.post("/api/v1/detect/", files={"file": FACE}, headers=key).status_code
-                for _ in range(4)]
+    statuses = [
+        guarded_server.post("/api/v1/detect/", files={"file": FACE}, headers=key).status_code
+        for _ in range(4)
+    ]
     assert statuses == [200, 200, 200, 429]
     limited = guarded_server.post("/api/v1/detect/augmented", files={"file": FACE}, headers=key)
     assert limited.status_code == 429 and limited.json()["error_code"] == "RATE_LIMITED"

@@ -149,4 +149,4 @@ def test_default_import_is_idempotent() -> None:
     first = import_default("default_test", if_missing=True)
     assert import_default("default_test", if_missing=True) == first
     spec = _spec(first)
-    assert spec.placeholder and "PLACEHOLDER" in spec.description
+    assert not spec.placeholder and spec.card["licence_note"] and spec.metrics
