@@ -26,6 +26,7 @@ from serving.batching import use_greedy_batching
 from serving.errors import LegacyHTTPMiddleware, error_response, input_error_response
 from serving.hardening import harden_multipart
 from serving.observability import configure_logging, metrics
+from serving.openapi import document_errors
 from serving.pipeline import DetectionPipeline
 from serving.reports import health_report, model_info_report
 from serving.schemas import (
@@ -227,6 +228,7 @@ DeepfakeDetector.add_asgi_middleware(
     LegacyHTTPMiddleware,
     aliases={"/api/v1/detect": "/api/v1/detect/", "/api/v1/detect/augmented/": "/api/v1/detect/augmented"},
     max_body_bytes=SETTINGS.max_upload_bytes + 64 * 1024,  # room for the multipart envelope
+    body_timeout_s=SETTINGS.upload_timeout,
 )
 DeepfakeDetector.add_asgi_middleware(
     AccessMiddleware,
@@ -235,3 +237,4 @@ DeepfakeDetector.add_asgi_middleware(
     rate_limits=SETTINGS.rate_limits,
     trust_forwarded_for=SETTINGS.trust_forwarded_for,
 )
+document_errors("deepfake_detector", ("/api/v1/detect/", "/api/v1/detect/augmented"))

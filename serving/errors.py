@@ -6,6 +6,7 @@ shape, and caps the request body before any of it is parsed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
@@ -94,11 +95,13 @@ class LegacyHTTPMiddleware:
         *,
         aliases: dict[str, str],
         max_body_bytes: int,
+        body_timeout_s: float,
         passthrough: tuple[str, ...] = ("/livez", "/readyz", "/healthz", "/metrics"),
     ) -> None:
         self.app = app
         self.aliases = aliases
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self.passthrough = passthrough
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -116,12 +119,20 @@ class LegacyHTTPMiddleware:
             return
 
         received = 0
-        too_large = False
+        too_large = stalled = body_done = False
 
         async def capped_receive() -> Message:
-            nonlocal received, too_large
-            message = await receive()
+            nonlocal received, too_large, stalled, body_done
+            if body_done:  # past the body, receive() only waits for a disconnect
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except TimeoutError:
+                # A stalled upload: stop waiting; the parser sees a disconnect, the answer is a 408.
+                stalled = True
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     # Stop reading; the parser sees a disconnect and the answer below is a 413.
@@ -135,7 +146,7 @@ class LegacyHTTPMiddleware:
         async def rewriting_send(message: Message) -> None:
             nonlocal start
             if message["type"] == "http.response.start":
-                if message["status"] < 400 and not too_large:
+                if message["status"] < 400 and not (too_large or stalled):
                     await send({**message, "headers": [*message.get("headers", []), *_request_id_header()]})
                 else:
                     start = message
@@ -146,12 +157,14 @@ class LegacyHTTPMiddleware:
             chunks.append(message.get("body", b""))
             if message.get("more_body", False):
                 return
-            status = 413 if too_large else start["status"]
-            body = (
-                error_body("FILE_TOO_LARGE", self._too_large())
-                if too_large
-                else _framework_error(status, b"".join(chunks))
-            )
+            if too_large:
+                status, body = 413, error_body("FILE_TOO_LARGE", self._too_large())
+            elif stalled:
+                status = 408
+                body = error_body("REQUEST_TIMEOUT", f"The upload stalled for {self.body_timeout_s:g} s")
+            else:
+                status = start["status"]
+                body = _framework_error(status, b"".join(chunks))
             headers = [
                 (k, v)
                 for k, v in start.get("headers", [])

@@ -6,7 +6,11 @@ BentoML's own multipart handling is too trusting for a public endpoint:
    addresses patches the event loop for every coroutine meanwhile. Here: a 400, nothing fetched;
 2. a malformed body, or a binary part under an unknown field name, ends in a 500. Here: a 400,
    and a request without the file field is a validation error (legacy `MISSING_FILE`);
-3. several files in one field: it silently keeps the first. Here: a 400.
+3. several files in one field: it silently keeps the first. Here: a 400;
+4. it names each upload's temporary file after the client's filename (as the suffix): a long
+   name fails with ENAMETOOLONG, a 500. Here: the filename is cut to a short extension;
+5. a client that disconnects mid-upload ends in a 500 (and counts as one). Here: a 400,
+   which nobody reads but the metrics do.
 
 tests/test_http_errors.py checks each case against the running server, so an upgrade that
 changes these internals fails loudly instead of silently re-opening them.
@@ -14,7 +18,15 @@ changes these internals fails loudly instead of silently re-opening them.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
+
+
+def safe_filename(name: str | None) -> str:
+    """'../../x/photo.JPG' -> 'upload.jpg': only a short, plain extension survives."""
+    suffix = Path(name or "").suffix.lower()
+    return "upload" + (suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else "")
 
 
 def harden_multipart() -> None:
@@ -24,6 +36,7 @@ def harden_multipart() -> None:
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException
     from starlette.formparsers import MultiPartException
+    from starlette.requests import ClientDisconnect
 
     if getattr(MultipartSerde, "_hardened", False):
         return
@@ -40,6 +53,11 @@ def harden_multipart() -> None:
             form = await request.form()  # Starlette caches it for the parser below
         except (MultiPartException, HTTPException) as exc:
             raise BadInput(f"Malformed multipart body: {getattr(exc, 'detail', exc)}") from None
+        except ClientDisconnect:
+            raise BadInput("The client disconnected before the upload was complete") from None
+        for value in form.values():
+            if isinstance(value, UploadFile):
+                value.filename = safe_filename(value.filename)
         fields = cls.model_fields
         if any(f.is_required() and name not in form for name, f in fields.items()):
             cls.model_validate({})  # raises the "missing field" validation error

@@ -48,6 +48,9 @@ class Settings:
     max_latency_ms: int = field(default_factory=lambda: _int("MAX_LATENCY_MS", 10_000))
     batch_policy: str = field(default_factory=lambda: _str("BATCH_POLICY", "greedy"))  # or "bentoml"
     request_timeout_s: int = field(default_factory=lambda: _int("REQUEST_TIMEOUT_S", 60))
+    # An upload that stalls this long answers 408 (default: half the request timeout, so that
+    # it comes before BentoML's own 504).
+    upload_timeout_s: float = field(default_factory=lambda: _float("UPLOAD_TIMEOUT_S", 0.0))
     api_workers: int = field(default_factory=lambda: _int("API_WORKERS", 1))
     # Faces: find them, judge each; the image verdict is the most-fake face.
     face_detection: bool = field(default_factory=lambda: _bool("FACE_DETECTION", True))
@@ -74,6 +77,10 @@ class Settings:
             min_score=self.face_min_score,
             max_side=self.detect_max_side,
         )
+
+    @property
+    def upload_timeout(self) -> float:
+        return self.upload_timeout_s or self.request_timeout_s / 2
 
     @property
     def limits(self) -> DecodeLimits:
