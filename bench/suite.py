@@ -145,7 +145,7 @@ def summary(report: dict) -> list[str]:
     return [
         f"| throughput c=32 / in-process limit | {rps} / {best} = {rps / best:.2f} | >= 0.85 |",
         f"| errors, detect c=1..64 | {errors} | 0 |",
-        f"| p50 c=1 vs in-process single image | {c1} vs {single} ms (+{c1 - single:.1f} ms) | <= +15 ms |",
+        f"| p50 c=1 vs in-process single image | {c1} vs {single} ms ({c1 - single:+.1f} ms) | <= +15 ms |",
         f"| p50 c=1 within 20 % of idle after c=64 | {f'after {back} s' if back else 'not within 10 s'} "
         f"({report['recovery_p50_ms']}) | <= 10 s |",
         f"| augmented / detect p50 at c=1 | {http['augmented_c1']['p50_ms']} / {c1} = "
