@@ -120,13 +120,17 @@ class LegacyHTTPMiddleware:
 
         received = 0
         too_large = stalled = body_done = False
+        # A deadline for the whole body, not an idle timeout: a client trickling a byte a
+        # second must not hold a worker slot until the request timeout.
+        body_deadline = asyncio.get_running_loop().time() + self.body_timeout_s
 
         async def capped_receive() -> Message:
             nonlocal received, too_large, stalled, body_done
             if body_done:  # past the body, receive() only waits for a disconnect
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+                remaining = body_deadline - asyncio.get_running_loop().time()
+                message = await asyncio.wait_for(receive(), max(remaining, 0.001))
             except TimeoutError:
                 # A stalled upload: stop waiting; the parser sees a disconnect, the answer is a 408.
                 stalled = True
@@ -161,7 +165,9 @@ class LegacyHTTPMiddleware:
                 status, body = 413, error_body("FILE_TOO_LARGE", self._too_large())
             elif stalled:
                 status = 408
-                body = error_body("REQUEST_TIMEOUT", f"The upload stalled for {self.body_timeout_s:g} s")
+                body = error_body(
+                    "REQUEST_TIMEOUT", f"The upload did not complete in {self.body_timeout_s:g} s"
+                )
             else:
                 status = start["status"]
                 body = _framework_error(status, b"".join(chunks))

@@ -14,7 +14,7 @@ ERROR_STATUSES: dict[int, str] = {
     400: "Bad request: no file, an empty or corrupt image, a malformed form",
     401: "API key missing or wrong (only when DEEPFAKE_API_KEY is set)",
     404: "Not found",
-    408: "The upload stalled",
+    408: "The upload did not complete in time",
     413: "Upload over the byte limit, or image over the pixel limit",
     415: "Not an image in a supported format",
     422: "No face found and require_face was asked for",

@@ -51,8 +51,8 @@ class Settings:
     max_latency_ms: int = field(default_factory=lambda: _int("MAX_LATENCY_MS", 30_000))
     batch_policy: str = field(default_factory=lambda: _str("BATCH_POLICY", "greedy"))  # or "bentoml"
     request_timeout_s: int = field(default_factory=lambda: _int("REQUEST_TIMEOUT_S", 60))
-    # An upload that stalls this long answers 408 (default: half the request timeout, so that
-    # it comes before BentoML's own 504).
+    # An upload not complete this long after it started answers 408 (default: half the
+    # request timeout, so that it comes before BentoML's own 504).
     upload_timeout_s: float = field(default_factory=lambda: _float("UPLOAD_TIMEOUT_S", 0.0))
     api_workers: int = field(default_factory=lambda: _int("API_WORKERS", 1))
     # Faces: find them, judge each; the image verdict is the most-fake face.
