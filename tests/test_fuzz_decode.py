@@ -1,0 +1,304 @@
+"""Fuzzing the decode/validate path: whatever bytes arrive, `decode_upload` returns an upright
+8-bit RGB image within the limits or raises `InputError` with a 4xx status; never anything
+else, and never slowly. What decodes also goes through the tensor and test-time-variant steps.
+
+Inputs: arbitrary bytes, and valid images of every accepted format and mode mutated the way
+broken or hostile files are (bit flips, truncations, overwrites, insertions, header fields set
+to extreme values with the PNG checksums repaired so the change reaches the decoder).
+
+A short, bounded run here (a few seconds); `bench/fuzz_decode.py` runs the same oracle for
+minutes (atheris, coverage-guided) and reuses `SEEDS`, `mutate` and `check_upload`.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from preprocessing.augment import tta_variants
+from preprocessing.decode import DecodeLimits, decode_upload
+from preprocessing.errors import InputError
+from preprocessing.tensor import normalize, to_input_array
+
+# Small limits: the oracle holds for any limits, and small ones keep every input cheap.
+LIMITS = DecodeLimits(max_bytes=2 * 1024 * 1024, max_pixels=4_000_000)
+INPUT_SIZE = (32, 32)
+TIME_BUDGET_S = 2.0  # per input, decode + tensor + variants; typical cost is a few ms
+
+# Pillow warns (UserWarning) about the corrupt EXIF blocks the mutations make; that is expected.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+# ---------------------------------------------------------------- seeds: one per format and mode
+def _pixels(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8), "RGB")
+
+
+def _save(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _animated(fmt: str) -> bytes:
+    frames = [Image.new("RGB", (12, 10), color) for color in ("red", "green", "blue")]
+    return _save(frames[0], fmt, save_all=True, append_images=frames[1:], duration=40, loop=0)
+
+
+def _exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90
+    return _save(_pixels((20, 12)), "JPEG", exif=exif)
+
+
+def _png16() -> bytes:
+    values = (np.arange(16 * 12, dtype=np.uint32).reshape(12, 16) * 300).astype(np.uint16)
+    return _save(Image.fromarray(values), "PNG")
+
+
+def build_seeds() -> dict[str, bytes]:
+    image = _pixels((24, 16))
+    return {
+        "jpeg": _save(image, "JPEG", quality=80),
+        "jpeg_progressive": _save(image, "JPEG", progressive=True),
+        "jpeg_gray": _save(image.convert("L"), "JPEG"),
+        "jpeg_cmyk": _save(image.convert("CMYK"), "JPEG"),
+        "jpeg_exif": _exif_rotated(),
+        "png": _save(image, "PNG"),
+        "png_rgba": _save(image.convert("RGBA"), "PNG"),
+        "png_palette": _save(image.convert("P"), "PNG"),
+        "png_palette_transparent": _save(image.convert("P"), "PNG", transparency=0),
+        "png_la": _save(image.convert("LA"), "PNG"),
+        "png_1bit": _save(image.convert("1"), "PNG"),
+        "png_16bit": _png16(),
+        "png_optimized": _save(image, "PNG", optimize=True),
+        "gif": _save(image, "GIF"),
+        "gif_animated": _animated("GIF"),
+        "webp": _save(image, "WEBP", quality=80),
+        "webp_lossless_alpha": _save(image.convert("RGBA"), "WEBP", lossless=True),
+        "webp_animated": _animated("WEBP"),
+        "bmp": _save(image, "BMP"),
+        "bmp_palette": _save(image.convert("P"), "BMP"),
+    }
+
+
+SEEDS = build_seeds()
+SEED_NAMES = sorted(SEEDS)
+
+
+# ---------------------------------------------------------------- mutations
+INTERESTING = (0, 1, 2, 7, 8, 16, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 65500, 0x10000)
+INTERESTING += (0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 6325, 40_000_001)
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One edit: kind in flip/truncate/overwrite/insert/delete/field; pos is taken modulo len."""
+
+    kind: str
+    pos: int
+    value: int = 0
+    data: bytes = b""
+    width: int = 1
+    big_endian: bool = True
+
+
+def fix_png_crcs(data: bytes) -> bytes:
+    """Recompute every PNG chunk checksum, so that an edit reaches the decoder."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return data
+    out, pos = bytearray(data[:8]), 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            out += data[pos:]
+            return bytes(out)
+        body = data[pos + 4 : end]
+        out += data[pos:end] + struct.pack(">I", zlib.crc32(body))
+        pos = end + 4
+    out += data[pos:]
+    return bytes(out)
+
+
+def apply(data: bytes, mutation: Mutation) -> bytes:
+    if not data:
+        return mutation.data
+    pos = mutation.pos % len(data)
+    buf = bytearray(data)
+    if mutation.kind == "flip":
+        buf[pos] ^= 1 << (mutation.value % 8)
+    elif mutation.kind == "truncate":
+        del buf[pos:]
+    elif mutation.kind == "overwrite":
+        buf[pos : pos + len(mutation.data)] = mutation.data
+    elif mutation.kind == "insert":
+        buf[pos:pos] = mutation.data
+    elif mutation.kind == "delete":
+        del buf[pos : pos + 1 + mutation.value % 64]
+    elif mutation.kind == "field":  # a header field (first 64 bytes) set to an extreme value
+        pos = mutation.pos % min(len(buf), 64)
+        value = mutation.value % (1 << (8 * mutation.width))
+        fmt = (">" if mutation.big_endian else "<") + {1: "B", 2: "H", 4: "I"}[mutation.width]
+        buf[pos : pos + mutation.width] = struct.pack(fmt, value)
+    return bytes(buf)
+
+
+def mutate(data: bytes, mutations: list[Mutation], repair_png: bool = True) -> bytes:
+    for mutation in mutations:
+        data = apply(data, mutation)
+    return fix_png_crcs(data) if repair_png else data
+
+
+mutations = st.builds(
+    Mutation,
+    kind=st.sampled_from(["flip", "flip", "truncate", "overwrite", "insert", "delete", "field", "field"]),
+    pos=st.integers(0, 1 << 16),
+    value=st.one_of(st.sampled_from(INTERESTING), st.integers(0, 1 << 32)),
+    data=st.binary(min_size=1, max_size=32),
+    width=st.sampled_from([1, 2, 4]),
+    big_endian=st.booleans(),
+)
+
+
+# ---------------------------------------------------------------- the oracle
+@dataclass
+class Outcome:
+    decoded: bool
+    status: int | None  # the InputError's status when refused
+    seconds: float
+
+
+def check_upload(
+    data: bytes,
+    limits: DecodeLimits = LIMITS,
+    draft_size: tuple[int, int] | None = None,
+    postprocess: bool = True,
+) -> Outcome:
+    """Run one input through decode -> tensor -> normalise -> variants and check the contract.
+
+    Raises AssertionError for a broken contract; any other exception escapes as found."""
+    started = time.perf_counter()
+    try:
+        image = decode_upload(data, limits, draft_size=draft_size)
+    except InputError as exc:
+        seconds = time.perf_counter() - started
+        assert 400 <= exc.status < 500, f"InputError with status {exc.status}"
+        assert exc.code and exc.code.isupper(), f"bad error code {exc.code!r}"
+        assert seconds < TIME_BUDGET_S, f"refusal took {seconds:.2f}s"
+        return Outcome(False, exc.status, seconds)
+    assert isinstance(image, Image.Image), type(image)
+    assert image.mode == "RGB", image.mode
+    width, height = image.size
+    assert width >= 1 and height >= 1, image.size
+    assert width * height <= limits.max_pixels, image.size
+    if postprocess:
+        array = to_input_array(image, INPUT_SIZE)
+        assert array.shape == (*INPUT_SIZE, 3) and array.dtype == np.uint8, array.shape
+        batch = normalize(array[None], "zero_one")
+        assert batch.dtype == np.float32 and np.isfinite(batch).all()
+        assert float(batch.min()) >= 0.0 and float(batch.max()) <= 1.0
+        variants = tta_variants(Image.fromarray(array))
+        assert len(variants) == 7
+        for name, variant in variants:
+            assert variant.mode == "RGB" and variant.size == INPUT_SIZE[::-1], (name, variant.mode)
+    seconds = time.perf_counter() - started
+    assert seconds < TIME_BUDGET_S, f"input took {seconds:.2f}s"
+    return Outcome(True, None, seconds)
+
+
+FUZZ_SETTINGS = settings(
+    max_examples=300,
+    deadline=4000,  # ms; generous for a loaded 2-core machine, the oracle asserts its own budget
+    database=None,  # no .hypothesis/ directory in the project
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@FUZZ_SETTINGS
+@given(data=st.binary(max_size=4096), draft=st.sampled_from([None, (32, 32), (640, 640)]))
+def test_arbitrary_bytes(data: bytes, draft: tuple[int, int] | None) -> None:
+    check_upload(data, draft_size=draft)
+
+
+@FUZZ_SETTINGS
+@given(
+    seed=st.sampled_from(SEED_NAMES),
+    edits=st.lists(mutations, min_size=1, max_size=6),
+    repair_png=st.booleans(),
+    draft=st.sampled_from([None, (32, 32)]),
+)
+def test_mutated_images(
+    seed: str, edits: list[Mutation], repair_png: bool, draft: tuple[int, int] | None
+) -> None:
+    check_upload(mutate(SEEDS[seed], edits, repair_png), draft_size=draft)
+
+
+@FUZZ_SETTINGS
+@given(
+    seed=st.sampled_from([n for n in SEED_NAMES if n.startswith(("png", "gif", "bmp", "webp", "jpeg"))]),
+    width=st.sampled_from([0, 1, 2, 255, 65535, 2**31 - 1, 2**32 - 1]) | st.integers(0, 2**32 - 1),
+    height=st.sampled_from([0, 1, 2, 255, 65535, 2**31 - 1, 2**32 - 1]) | st.integers(0, 2**32 - 1),
+)
+def test_declared_dimensions(seed: str, width: int, height: int) -> None:
+    """Dimensions written into the header (each format's own field): bombs cost nothing."""
+    data = set_dimensions(SEEDS[seed], width, height)
+    outcome = check_upload(data)
+    if not outcome.decoded and width * height > LIMITS.max_pixels:
+        assert outcome.status in (400, 413, 415), outcome
+
+
+def set_dimensions(data: bytes, width: int, height: int) -> bytes:
+    """Write width x height into the format's header, clipped to the field's size."""
+    buf = bytearray(data)
+    if data.startswith(b"\x89PNG"):
+        buf[16:24] = struct.pack(">II", width, height)
+        return fix_png_crcs(bytes(buf))
+    if data.startswith(b"GIF"):
+        buf[6:10] = struct.pack("<HH", width & 0xFFFF, height & 0xFFFF)
+        return bytes(buf)
+    if data.startswith(b"BM"):
+        buf[18:26] = struct.pack("<ii", _signed32(width), _signed32(height))
+        return bytes(buf)
+    if data.startswith(b"RIFF"):
+        at = data.find(b"VP8X")
+        if at >= 0:
+            buf[at + 12 : at + 18] = ((width - 1) & 0xFFFFFF).to_bytes(3, "little") + (
+                (height - 1) & 0xFFFFFF
+            ).to_bytes(3, "little")
+        return bytes(buf)
+    for marker in (b"\xff\xc0", b"\xff\xc2"):  # JPEG baseline / progressive frame header
+        at = data.find(marker)
+        if at >= 0:
+            buf[at + 5 : at + 9] = struct.pack(">HH", height & 0xFFFF, width & 0xFFFF)
+            return bytes(buf)
+    return bytes(buf)
+
+
+def _signed32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+# ---------------------------------------------------------------- sanity of the harness itself
+def test_every_seed_decodes() -> None:
+    """The seeds are valid images: the oracle accepts each of them."""
+    for name, data in SEEDS.items():
+        assert check_upload(data).decoded, name
+
+
+def test_png_checksum_repair_reaches_the_decoder() -> None:
+    """A PNG whose declared size is changed and checksum repaired is judged on its header."""
+    bomb = set_dimensions(SEEDS["png"], 100_000, 100_000)
+    outcome = check_upload(bomb)
+    assert (outcome.decoded, outcome.status) == (False, 413)
