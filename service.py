@@ -137,7 +137,13 @@ class DeepfakeDetector:
 
             detector = FaceDetector()
         self.pipeline = DetectionPipeline(
-            self.spec, str(self.model_ref.tag), SETTINGS.limits, self._predict, detector, SETTINGS.faces
+            self.spec,
+            str(self.model_ref.tag),
+            SETTINGS.limits,
+            self._predict,
+            detector,
+            SETTINGS.faces,
+            SETTINGS.decode_concurrency,
         )
 
     async def _predict(self, batch: np.ndarray) -> np.ndarray:
@@ -236,5 +242,6 @@ DeepfakeDetector.add_asgi_middleware(
     api_key=SETTINGS.api_key,
     rate_limits=SETTINGS.rate_limits,
     trust_forwarded_for=SETTINGS.trust_forwarded_for,
+    max_in_flight=SETTINGS.max_in_flight,
 )
 document_errors("deepfake_detector", ("/api/v1/detect/", "/api/v1/detect/augmented"))

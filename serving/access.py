@@ -74,7 +74,9 @@ class FixedWindowLimiter:
 
 
 class AccessMiddleware:
-    """API key (Bearer) and rate limit on `guarded` paths; probes and docs stay open."""
+    """On `guarded` paths: API key (Bearer), rate limit, and a cap on requests in flight, so
+    that overload is a quick 503 with Retry-After instead of a queue that grows until every
+    request times out. Probes, health and docs stay open."""
 
     def __init__(
         self,
@@ -84,8 +86,11 @@ class AccessMiddleware:
         api_key: str | None,
         rate_limits: str,
         trust_forwarded_for: bool = False,
+        max_in_flight: int = 0,
     ) -> None:
         self.app = app
+        self.max_in_flight = max_in_flight  # 0: no cap
+        self.in_flight = 0
         self.guarded = guarded
         self.api_key = api_key.encode() if api_key else None
         limits = parse_rate_limits(rate_limits)
@@ -113,7 +118,15 @@ class AccessMiddleware:
                 )
                 await send_json(send, 429, body, [(b"retry-after", str(retry_after).encode())])
                 return
-        await self.app(scope, receive, send)
+        if self.max_in_flight and self.in_flight >= self.max_in_flight:
+            body = error_body("SERVICE_OVERLOADED", "The service is at capacity; retry shortly")
+            await send_json(send, 503, body, [(b"retry-after", b"2")])
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
     def _client(self, scope: Scope, headers: dict[bytes, bytes]) -> str:
         if self.trust_forwarded_for and (forwarded := headers.get(b"x-forwarded-for")):

@@ -20,7 +20,7 @@ ERROR_STATUSES: dict[int, str] = {
     422: "No face found and require_face was asked for",
     429: "Rate limited (only when DEEPFAKE_RATE_LIMITS is set); see Retry-After",
     500: "A fault of the server's own",
-    503: "The model cannot serve right now; see Retry-After",
+    503: "At capacity (SERVICE_OVERLOADED) or the model cannot serve (MODEL_UNAVAILABLE); see Retry-After",
 }
 
 

@@ -66,6 +66,10 @@ class Settings:
     api_key: str | None = field(default_factory=lambda: _str("API_KEY", "") or None)
     rate_limits: str = field(default_factory=lambda: _str("RATE_LIMITS", ""))
     trust_forwarded_for: bool = field(default_factory=lambda: _bool("TRUST_FORWARDED_FOR", False))
+    # Detect requests in flight per API worker; past it: 503 SERVICE_OVERLOADED, Retry-After.
+    max_in_flight: int = field(default_factory=lambda: _int("MAX_IN_FLIGHT", 128))
+    # Threads that decode and find faces, per API worker: a 40 MP PNG takes ~0.3 GB to decode.
+    decode_concurrency: int = field(default_factory=lambda: _int("DECODE_CONCURRENCY", 2))
     log_format: str = field(default_factory=lambda: _str("LOG_FORMAT", "json"))
     cors_origins: tuple[str, ...] = field(
         default_factory=lambda: tuple(o.strip() for o in _str("CORS_ORIGINS", "*").split(","))

@@ -104,3 +104,38 @@ def test_domain_metrics(server: ServerProcess) -> None:
     assert grew("deepfake_faces_per_image_count") == 2
     assert grew("deepfake_model_batch_images_sum") == 1 + 7  # one face, then seven variants
     assert grew("deepfake_model_batch_seconds_count") >= 1
+
+
+def test_requests_past_the_in_flight_cap_get_503_with_retry_after() -> None:
+    import asyncio
+
+    from serving.access import AccessMiddleware
+
+    release = asyncio.Event()
+
+    async def slow_app(scope: dict, receive: object, send: object) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    middleware = AccessMiddleware(slow_app, guarded=("/d",), api_key=None, rate_limits="", max_in_flight=2)
+
+    async def call() -> tuple[int, dict]:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await middleware({"type": "http", "path": "/d", "method": "POST", "headers": []}, None, send)
+        return sent[0]["status"], dict(sent[0]["headers"])
+
+    async def scenario() -> list[tuple[int, dict]]:
+        calls = [asyncio.create_task(call()) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        release.set()
+        return await asyncio.gather(*calls)
+
+    results = asyncio.run(scenario())
+    assert sorted(status for status, _ in results) == [200, 200, 503, 503, 503]
+    assert all(headers[b"retry-after"] == b"2" for status, headers in results if status == 503)
+    assert middleware.in_flight == 0
