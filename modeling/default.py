@@ -10,10 +10,11 @@ packages and the wheel download.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+from modeling.artifacts import sha256_file
 
 # Bump when the recipe below changes, so set-up re-imports instead of keeping a stale copy.
 DEFAULT_MODEL_VERSION = "facenet-head-1"
@@ -78,7 +79,7 @@ CARD: dict[str, Any] = {
 def read_recipe(path: Path = RECIPE, weights: Path = WEIGHTS) -> dict[str, Any]:
     """The committed recipe, after checking the weights file is the one it describes."""
     recipe = json.loads(Path(path).read_text())
-    actual = hashlib.sha256(Path(weights).read_bytes()).hexdigest()
+    actual = sha256_file(weights)
     if actual != recipe["weights_sha256"]:
         raise ValueError(f"{weights}: sha256 {actual} does not match recipe {recipe['weights_sha256']}")
     if recipe["version"] != DEFAULT_MODEL_VERSION:

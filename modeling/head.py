@@ -23,12 +23,13 @@ exactly those layers and the head, `load_trained_weights` puts them back.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from modeling.artifacts import sha256_file
 
 HEAD_UNITS = 128
 HEAD_DROPOUT = 0.3
@@ -133,7 +134,7 @@ def save_trained_weights(model: Any, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as handle:
         np.savez_compressed(handle, **trained_weights(model))
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 def load_trained_weights(model: Any, path: Path) -> None:

