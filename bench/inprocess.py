@@ -49,19 +49,13 @@ def measure(
     from modeling.spec import ModelSpec
     from preprocessing.faces import FaceDetector
     from serving.pipeline import DetectionPipeline
-    from serving.settings import SETTINGS, FaceSettings
+    from serving.settings import SETTINGS
 
     stored = bentoml.models.get(model_tag)
     spec = ModelSpec.from_metadata(stored.info.metadata)
     classifier = Classifier.load(Path(stored.path), spec)
     detector = FaceDetector() if faces else None
-    settings = FaceSettings(
-        enabled=faces,
-        max_faces=SETTINGS.max_faces,
-        min_score=SETTINGS.face_min_score,
-        max_side=SETTINGS.detect_max_side,
-    )
-    pipeline = DetectionPipeline(spec, str(stored.tag), SETTINGS.limits, None, detector, settings)  # type: ignore[arg-type]
+    pipeline = DetectionPipeline(spec, str(stored.tag), SETTINGS.limits, None, detector, SETTINGS.faces)  # type: ignore[arg-type]
     uploads = [images[i % len(images)] for i in range(count)]
 
     def crops(data: bytes) -> list[np.ndarray]:

@@ -34,3 +34,7 @@ def unsupported_format(allowed: tuple[str, ...]) -> InputError:
 
 def invalid_image(reason: str) -> InputError:
     return InputError(400, "INVALID_IMAGE", f"The image cannot be decoded: {reason}")
+
+
+def no_face() -> InputError:
+    return InputError(422, "NO_FACE", "No face was found in the image")

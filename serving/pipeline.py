@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 
 from modeling.spec import ModelSpec, Verdict
+from preprocessing import errors
 from preprocessing.augment import VARIANTS, tta_variants
 from preprocessing.decode import DecodeLimits, decode_upload
-from preprocessing.errors import InputError
 from preprocessing.faces import Face, FaceDetector, clip_box, crop_face
 from preprocessing.tensor import to_input_array
 from serving.observability import record_verdict
@@ -49,10 +49,6 @@ class Prepared:
     image_size: tuple[int, int]  # (width, height) of the decoded, upright image
 
 
-def no_face() -> InputError:
-    return InputError(422, "NO_FACE", "No face was found in the image")
-
-
 class DetectionPipeline:
     def __init__(
         self,
@@ -69,7 +65,7 @@ class DetectionPipeline:
         self.limits = limits
         self.predict = predict
         self.detector = detector
-        self.faces = faces or FaceSettings(enabled=detector is not None)
+        self.faces = faces or FaceSettings()
         # Decoding runs on a few threads of its own: a large image takes ~3 bytes a pixel,
         # several times over, and glibc keeps what a thread freed in that thread's arena, so
         # the number of decoding threads bounds the memory (16 concurrent 40 MP PNGs took the
@@ -111,7 +107,7 @@ class DetectionPipeline:
             ]
             return Prepared(crops, faces, image.size)
         if self.faces.require if require_face is None else require_face:
-            raise no_face()
+            raise errors.no_face()
         return Prepared([to_input_array(image, self.spec.input_size)], [], image.size)
 
     def _face_results(self, prepared: Prepared, verdicts: list[Verdict]) -> list[FaceResult]:

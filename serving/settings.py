@@ -12,7 +12,6 @@ DEFAULT_MODEL_NAME = "deepfake_classifier"
 
 @dataclass(frozen=True)
 class FaceSettings:
-    enabled: bool = True
     require: bool = False  # no face: 422 NO_FACE instead of judging the whole image
     max_faces: int = 20
     min_score: float = 0.9
@@ -78,7 +77,6 @@ class Settings:
     @property
     def faces(self) -> FaceSettings:
         return FaceSettings(
-            enabled=self.face_detection,
             require=self.require_face,
             max_faces=self.max_faces,
             min_score=self.face_min_score,
