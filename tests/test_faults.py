@@ -279,17 +279,18 @@ def _length(data: bytes) -> int:
     return 0
 
 
+# An upload that announces 100 kB and starts its file part: what follows is up to the test.
+UNFINISHED_UPLOAD_HEAD = (
+    f"POST {DETECT} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: 100000\r\n\r\n"
+    f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+).encode()
+
+
 def test_stalled_upload_answers_408_in_the_legacy_shape(short_timeout_server: ServerProcess) -> None:
     server = short_timeout_server
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(
-            (
-                f"POST {DETECT} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: 100000\r\n\r\n"
-                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
-            ).encode()
-            + FACE[:1000]
-        )
+        sock.sendall(UNFINISHED_UPLOAD_HEAD + FACE[:1000])
         status, body = _read_answer(sock)  # the server's request timeout is 3 s
     assert server.get(HEALTH).status_code == 200
     assert status == 408, (status, body)
@@ -300,13 +301,7 @@ def test_trickled_upload_answers_408_in_the_legacy_shape(short_timeout_server: S
     """Slowloris: a byte every 0.5 s, each well within the 1.5 s idle timeout, never finishing."""
     server = short_timeout_server
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(
-            (
-                f"POST {DETECT} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: 100000\r\n\r\n"
-                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
-            ).encode()
-        )
+        sock.sendall(UNFINISHED_UPLOAD_HEAD)
         sock.settimeout(0.5)
         started, first = time.monotonic(), b""
         while not first and time.monotonic() - started < 20:
