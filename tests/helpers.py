@@ -27,6 +27,20 @@ def build_legacy_facenet_like(size: int = 64, seed: int = 1) -> Any:
     return build_placeholder((size, size), seed=seed)
 
 
+def build_slow_classifier(size: int = 160, seed: int = 2) -> Any:
+    """A classifier whose forward pass costs tens of ms on 2 cores (full-resolution convs), so
+    that concurrent requests queue behind the model, as they do behind a real FaceNet."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(shape=(size, size, 3))
+    x = inputs
+    for _ in range(3):
+        x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+
+
 def image_bytes(
     fmt: str = "JPEG", size: tuple[int, int] = (120, 90), mode: str = "RGB", seed: int = 0, **save: Any
 ) -> bytes:
