@@ -4,9 +4,10 @@ images, without HTTP or a second process, at several batch sizes.
     BENTOML_HOME=.bentoml python bench/inprocess.py --batch-sizes 1 8 32 64 --images 64
     BENTOML_HOME=.bentoml python bench/inprocess.py --no-faces
 
-Decoding and face detection of the next batch (two worker threads) overlap with the model
-running the current one, as in the service. Prints images/s per batch size, the best, and the
-single-image time (one image through the whole pipeline, nothing overlapped).
+A stream, as in the service: decoding and face detection (the service's decode threads) work
+through the uploads while the model runs the batch before. Prints images/s per batch size, the
+best, and the single-image times (one image through the whole pipeline, nothing overlapped) of
+detect and of detect_augmented (seven variants, one model batch).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -21,7 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the project's packages
+FIXTURES = ROOT / "tests" / "fixtures"
+SINGLE_ROUNDS = 8  # times each image goes through the pipeline alone, for the median
 
 
 @dataclass
@@ -33,6 +38,7 @@ class InProcessResult:
     best_batch_size: int
     best_images_per_s: float
     single_image_ms: float  # median, decode + faces + model, nothing overlapped
+    single_augmented_ms: float  # the same for detect_augmented: seven variants, one model batch
     model_only_ms: dict[int, float]  # median model time per batch
 
 
@@ -41,7 +47,12 @@ def default_images() -> list[bytes]:
 
 
 def measure(
-    model_tag: str, faces: bool, batch_sizes: list[int], count: int, images: list[bytes]
+    model_tag: str,
+    faces: bool,
+    batch_sizes: list[int],
+    count: int,
+    images: list[bytes],
+    rounds: int = SINGLE_ROUNDS,
 ) -> InProcessResult:
     import bentoml
 
@@ -66,23 +77,29 @@ def measure(
     for size in batch_sizes:
         classifier(np.zeros((size, *spec.input_size, 3), np.uint8))
 
-    single = []
-    for data in uploads[: min(count, 16)]:
+    # One image at a time, nothing overlapped: every image `rounds` times, so that the median
+    # is taken over the same mix as a concurrency-1 HTTP run (bench/suite.py sends as many).
+    single, augmented = [], []
+    for data in images * rounds:
         started = time.perf_counter()
         classifier(np.stack(crops(data)))
         single.append(time.perf_counter() - started)
+    for data in images * max(1, rounds // 2):
+        started = time.perf_counter()
+        classifier(pipeline.augmented_batch(data)[1])
+        augmented.append(time.perf_counter() - started)
 
     per_batch, model_ms = {}, {}
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=SETTINGS.decode_concurrency) as pool:
         for size in batch_sizes:
-            batches = [uploads[i : i + size] for i in range(0, count, size)]
+            # A stream, as in the service: the decode threads work through every upload in
+            # order while the model runs; the model takes the next `size` images as soon as
+            # they are prepared. Nothing waits at a batch boundary but the model.
             timings = []
             started = time.perf_counter()
-            pending = [pool.submit(crops, data) for data in batches[0]]
-            for index in range(len(batches)):
-                ready = [crop for future in pending for crop in future.result()]
-                if index + 1 < len(batches):  # prepare the next batch while the model runs
-                    pending = [pool.submit(crops, data) for data in batches[index + 1]]
+            pending = [pool.submit(crops, data) for data in uploads]
+            for index in range(0, count, size):
+                ready = [crop for future in pending[index : index + size] for crop in future.result()]
                 t0 = time.perf_counter()
                 classifier(np.stack(ready))
                 timings.append(time.perf_counter() - t0)
@@ -97,6 +114,7 @@ def measure(
         best_batch_size=best,
         best_images_per_s=per_batch[best],
         single_image_ms=round(statistics.median(single) * 1000, 1),
+        single_augmented_ms=round(statistics.median(augmented) * 1000, 1),
         model_only_ms=model_ms,
     )
 
@@ -116,7 +134,8 @@ def main() -> None:
         print(f"batch {size:3d}: {rate:7.2f} images/s   model {result.model_only_ms[size]:7.1f} ms/batch")
     print(
         f"best: batch {result.best_batch_size}, {result.best_images_per_s} images/s; "
-        f"single image {result.single_image_ms} ms (faces {'on' if result.faces else 'off'})"
+        f"single image {result.single_image_ms} ms, augmented {result.single_augmented_ms} ms "
+        f"(faces {'on' if result.faces else 'off'})"
     )
     if args.json:
         args.json.write_text(json.dumps(asdict(result), indent=2))
