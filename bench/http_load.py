@@ -5,8 +5,10 @@
 
 Each of N clients sends its next request as soon as the previous answer arrives. Prints one
 line per run: requests/s, p50/p95/p99 latency, answers by status, the model service's
-adaptive batch sizes over the run (from /metrics) and the resident memory of the server's
-processes. A script, not a test: numbers depend on the machine and what else runs on it.
+adaptive batch sizes over the run (from /metrics), the resident memory of the server's
+processes, and where the CPU went: core-milliseconds per request of the model service, the API
+service and the load generator (run it on the server's machine for those).
+A script, not a test: numbers depend on the machine and what else runs on it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import statistics
 import time
@@ -46,6 +49,9 @@ class RunResult:
     batch_histogram: dict[str, int] = field(default_factory=dict)
     mean_batch: float = 0.0
     server_rss_mb: float = 0.0
+    # Where the CPU went: core-milliseconds per request of the model service, the API
+    # service, the rest of the server (arbiter) and this load generator.
+    cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
 
 
 def load_images(paths: list[Path]) -> list[tuple[str, bytes]]:
@@ -75,18 +81,44 @@ def histogram_delta(before: dict[str, float], after: dict[str, float]) -> tuple[
     return buckets, (weighted / total if total else 0.0)
 
 
-def server_rss_mb(url: str) -> float:
-    """Resident memory of the process tree that listens on the server's port."""
+def server_processes(url: str) -> list[psutil.Process]:
+    """The process tree that listens on the server's port (arbiter and service workers)."""
     port = urlparse(url).port or 80
     for conn in psutil.net_connections(kind="tcp"):
         if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
-            listener = psutil.Process(conn.pid)
-            root = listener
+            root = psutil.Process(conn.pid)
             while root.parent() and "bentoml" in " ".join(root.parent().cmdline()):
                 root = root.parent()
-            procs = [root, *root.children(recursive=True)]
-            return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
-    return float("nan")
+            return [root, *root.children(recursive=True)]
+    return []
+
+
+def server_rss_mb(url: str) -> float:
+    """Resident memory of the server's process tree."""
+    procs = [p for p in server_processes(url) if p.is_running()]
+    return sum(p.memory_info().rss for p in procs) / 2**20 if procs else float("nan")
+
+
+def cpu_seconds(url: str) -> dict[str, float]:
+    """CPU time (user + system) so far of each server process, by role, and of this client."""
+    seconds: Counter[str] = Counter()
+    for proc in [*server_processes(url), psutil.Process()]:
+        try:
+            times = proc.cpu_times()
+            command = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        role = (
+            "client"
+            if proc.pid == os.getpid()
+            else "model"
+            if "face_classifier" in command
+            else "api"
+            if "deepfake_detector" in command
+            else "other"
+        )
+        seconds[role] += times.user + times.system
+    return dict(seconds)
 
 
 async def run(
@@ -99,6 +131,7 @@ async def run(
     connector = aiohttp.TCPConnector(limit=concurrency + 4)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         before = await batch_buckets(session, url)
+        cpu_before = cpu_seconds(url)
         deadline = time.perf_counter() + seconds if seconds else float("inf")
 
         async def client(worker: int) -> None:
@@ -121,6 +154,7 @@ async def run(
         await asyncio.gather(*(client(i) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
         after = await batch_buckets(session, url)
+        cpu_after = cpu_seconds(url)
     buckets, mean_batch = histogram_delta(before, after)
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
     return RunResult(
@@ -136,6 +170,10 @@ async def run(
         batch_histogram=buckets,
         mean_batch=round(mean_batch, 1),
         server_rss_mb=round(server_rss_mb(url), 1),
+        cpu_ms_per_request={
+            role: round((cpu_after[role] - cpu_before.get(role, 0.0)) * 1000 / max(len(latencies), 1), 1)
+            for role in cpu_after
+        },
     )
 
 
@@ -162,7 +200,8 @@ def main() -> None:
         print(
             f"{result.route:9s} c={result.concurrency:3d} n={result.requests:5d} {result.rps:7.2f} req/s  "
             f"p50 {result.p50_ms:7.1f} ms  p95 {result.p95_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  "
-            f"status {result.statuses}  mean batch {result.mean_batch}  rss {result.server_rss_mb} MB",
+            f"status {result.statuses}  mean batch {result.mean_batch}  rss {result.server_rss_mb} MB  "
+            f"cpu ms/request {result.cpu_ms_per_request}",
             flush=True,
         )
     if args.json:

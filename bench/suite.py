@@ -121,6 +121,12 @@ def bench_config(faces: bool, requests: int, images: list[tuple[str, bytes]]) ->
         for concurrency in (1, 8, 32, 64):
             count = max(requests, 8 * concurrency) if concurrency > 1 else single_count
             runs[f"detect_c{concurrency}"] = load(server.url, "detect", concurrency, count, images)
+            if concurrency == 32:  # the ratio's run: twice more, and the median of the three
+                repeats = [runs["detect_c32"]] + [
+                    load(server.url, "detect", concurrency, count, images) for _ in range(2)
+                ]
+                runs["detect_c32_repeats"] = [r["rps"] for r in repeats]
+                runs["detect_c32"] = sorted(repeats, key=lambda r: r["rps"])[1]
         report["recovery_p50_ms"] = recovery(server.url, images)
         print(f"  detect c=1 after c=64, p50 per 2 s window: {report['recovery_p50_ms']}", flush=True)
         # Augmented requests carry seven times the model work: fewer of them.
@@ -141,7 +147,7 @@ def summary(report: dict) -> list[str]:
         route: sum(
             n
             for key, run_ in http.items()
-            if key.startswith(route)
+            if key.startswith(route) and isinstance(run_, dict)
             for status, n in run_["statuses"].items()
             if status != "200"
         )
@@ -150,8 +156,14 @@ def summary(report: dict) -> list[str]:
     augmented = http["augmented_c1"]["p50_ms"]
     back = next((i * 2 + 2 for i, p50 in enumerate(report["recovery_p50_ms"]) if p50 <= 1.2 * c1), None)
     rps, best = http["detect_c32"]["rps"], limit["best_images_per_s"]
+    cpu = http["detect_c32"]["cpu_ms_per_request"]
+    cores = os.cpu_count() or 1
     return [
-        f"| throughput c=32 / in-process limit | {rps} / {best} = {rps / best:.2f} | >= 0.85 |",
+        f"| throughput c=32 (median of {http['detect_c32_repeats']}) / in-process limit | "
+        f"{rps} / {best} = {rps / best:.2f} | >= 0.85 |",
+        f"| CPU per image: in-process ({cores} cores / limit) vs service at c=32 | "
+        f"{cores * 1000 / best:.1f} vs {sum(cpu.values()):.1f} core-ms "
+        f"({', '.join(f'{role} {ms}' for role, ms in sorted(cpu.items()))}) | |",
         f"| errors, detect c=1..64 (augmented) | {errors['detect']} ({errors['augmented']}) | 0 |",
         f"| p50 c=1 vs in-process single image | {c1} vs {single} ms ({c1 - single:+.1f} ms) | <= +15 ms |",
         f"| p50 c=1 within 20 % of idle after c=64 | {f'after {back} s' if back else 'not within 10 s'} "
