@@ -13,7 +13,7 @@ export BENTOML_DO_NOT_TRACK := true
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup model serve test lint format build clean
+.PHONY: setup model serve test lint format bench build clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The speed report (bench/suite.py): the server against its own in-process limit, ~15 min.
+bench: model
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 
 # A Bento (code + pinned packages + the model) that `bentoml serve <tag>` and containerize use.
 build: model
