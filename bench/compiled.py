@@ -15,6 +15,7 @@ NumPy) through:
 * `predict`: `model.predict`, for the per-call overhead the legacy service paid.
 
 Also prints the largest difference between each variant's outputs and `predict_on_batch`'s.
+The last column is the CPU time of `predict_on_batch` per image, all threads together.
 A script, not a test: numbers depend on the machine and what else runs on it.
 """
 
@@ -63,14 +64,16 @@ def variants(model: object, input_shape: tuple[int, ...]) -> dict[str, BatchFn]:
     }
 
 
-def median_ms(fn: BatchFn, x: np.ndarray, repeat: int) -> float:
+def median_ms(fn: BatchFn, x: np.ndarray, repeat: int) -> tuple[float, float]:
+    """Median wall ms per call, and CPU ms per call (all threads of this process, mean)."""
     fn(x)  # trace / compile outside the timing
     times = []
+    cpu_started = time.process_time()
     for _ in range(repeat):
         started = time.perf_counter()
         fn(x)
         times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
+    return statistics.median(times) * 1000, (time.process_time() - cpu_started) * 1000 / repeat
 
 
 def main() -> None:
@@ -95,18 +98,20 @@ def main() -> None:
     calls = variants(model, (*spec.input_size, 3))
     rng = np.random.default_rng(0)
     print(f"{stored.tag}: median ms per batch (ms per image)")
-    print(f"{'batch':>5} " + " ".join(f"{name:>20}" for name in calls))
+    print(f"{'batch':>5} " + " ".join(f"{name:>20}" for name in calls) + "   predict_on_batch CPU")
     for size in args.batch_sizes:
         images = rng.integers(0, 256, (size, *spec.input_size, 3), dtype=np.uint8)
         x = normalize(images, spec.normalization)
         repeat = args.repeat or max(3, 48 // size)
         reference = calls["predict_on_batch"](x).reshape(-1)
-        cells, drift = [], []
-        for fn in calls.values():
-            ms = median_ms(fn, x, repeat)
+        cells, drift, cpu = [], [], {}
+        for name, fn in calls.items():
+            ms, cpu[name] = median_ms(fn, x, repeat)
             cells.append(f"{ms:8.1f} ({ms / size:6.1f})")
             drift.append(float(np.max(np.abs(fn(x).reshape(-1) - reference))))
-        print(f"{size:5d} " + " ".join(f"{cell:>20}" for cell in cells))
+        per_image = cpu["predict_on_batch"] / size
+        row = " ".join(f"{cell:>20}" for cell in cells)
+        print(f"{size:5d} {row}   {per_image:6.1f} core-ms/image")
         print(f"{'':5} " + " ".join(f"{'max diff ' + format(d, '.1e'):>20}" for d in drift))
 
 
