@@ -106,6 +106,12 @@ def model_unavailable() -> JSONResponse:
     )
 
 
+def overloaded() -> JSONResponse:
+    return error_response(
+        503, "SERVICE_OVERLOADED", "The service is at capacity; retry shortly", {"Retry-After": "2"}
+    )
+
+
 http = FastAPI(
     title="Deepfake detection (legacy GET routes)", docs_url=None, redoc_url=None, openapi_url=None
 )
@@ -158,9 +164,23 @@ class DeepfakeDetector:
             return await route(file.read_bytes(), require_face)
         except InputError as exc:
             return input_error_response(exc)
-        except (bentoml.exceptions.ServiceUnavailable, *RETRYABLE) as exc:
+        except bentoml.exceptions.ServiceUnavailable as exc:
+            # Both a model that never loaded and a call the model service shed (its queue
+            # would not drain within max_latency_ms) come back as a bare 503: ask which.
+            if await self._model_ready():
+                logger.warning("model service shed the call: at capacity")
+                return overloaded()
             logger.warning("model service unavailable: %s", exc)
             return model_unavailable()
+        except RETRYABLE as exc:
+            logger.warning("model service unavailable: %s", exc)
+            return model_unavailable()
+
+    async def _model_ready(self) -> bool:
+        try:
+            return bool((await self.classifier.to_async.status())["ready"])
+        except Exception:  # noqa: BLE001 - unreachable is not ready
+            return False
 
     @bentoml.api(route="/api/v1/detect/")
     async def detect(self, file: Path, require_face: bool | None = None) -> DetectResponse:

@@ -3,6 +3,7 @@ keeps serving; a model that cannot serve answers 503, never a crash."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +154,31 @@ def test_a_model_that_cannot_serve_answers_503(served_tag: str) -> None:
         assert (detect.status_code, detect.json()["error_code"]) == (503, "MODEL_UNAVAILABLE")
         assert detect.headers["retry-after"]
         assert server.get("/api/v1/model/info").status_code == 503, server.log()
+
+
+def test_calls_the_model_service_sheds_answer_503_service_overloaded(tmp_path: Path) -> None:
+    """Past max_latency_ms the model service drops queued calls (a bare 503); that is
+    overload, not a broken model: SERVICE_OVERLOADED with Retry-After, and the server goes on."""
+    from model_import import import_model
+    from tests.helpers import build_slow_classifier
+
+    path = tmp_path / "shed.keras"
+    build_slow_classifier().save(path)
+    env = {
+        "DEEPFAKE_MODEL_TAG": import_model(path, name="shed_classifier"),
+        "DEEPFAKE_FACE_DETECTION": "false",
+        "DEEPFAKE_MAX_LATENCY_MS": "1",  # any call that has to queue is shed
+    }
+    with ServerProcess(env=env) as server:
+
+        def one(_: int) -> httpx.Response:
+            return server.post(DETECT, files={"file": ("a.jpg", JPEG, "image/jpeg")})
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(one, range(48)))
+        shed = [a for a in answers if a.status_code == 503]
+        assert shed, "nothing was shed: the test did not overload the model"
+        assert {a.json()["error_code"] for a in shed} == {"SERVICE_OVERLOADED"}
+        assert all(a.headers["retry-after"] for a in shed)
+        assert {a.status_code for a in answers} <= {200, 503}
+        assert one(0).status_code == 200  # alone again: served
