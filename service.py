@@ -23,7 +23,7 @@ from modeling.spec import ModelSpec
 from preprocessing.errors import InputError
 from serving.access import AccessMiddleware
 from serving.batching import use_greedy_batching
-from serving.errors import LegacyHTTPMiddleware, error_response, input_error_response
+from serving.errors import LegacyHTTPMiddleware, error_response, input_error_response, overloaded_response
 from serving.hardening import harden_multipart
 from serving.observability import configure_logging, metrics
 from serving.openapi import document_errors
@@ -106,12 +106,6 @@ def model_unavailable() -> JSONResponse:
     )
 
 
-def overloaded() -> JSONResponse:
-    return error_response(
-        503, "SERVICE_OVERLOADED", "The service is at capacity; retry shortly", {"Retry-After": "2"}
-    )
-
-
 http = FastAPI(
     title="Deepfake detection (legacy GET routes)", docs_url=None, redoc_url=None, openapi_url=None
 )
@@ -167,20 +161,14 @@ class DeepfakeDetector:
         except bentoml.exceptions.ServiceUnavailable as exc:
             # Both a model that never loaded and a call the model service shed (its queue
             # would not drain within max_latency_ms) come back as a bare 503: ask which.
-            if await self._model_ready():
+            if (await self._model_status())["ready"]:
                 logger.warning("model service shed the call: at capacity")
-                return overloaded()
+                return overloaded_response()
             logger.warning("model service unavailable: %s", exc)
             return model_unavailable()
         except RETRYABLE as exc:
             logger.warning("model service unavailable: %s", exc)
             return model_unavailable()
-
-    async def _model_ready(self) -> bool:
-        try:
-            return bool((await self.classifier.to_async.status())["ready"])
-        except Exception:  # noqa: BLE001 - unreachable is not ready
-            return False
 
     @bentoml.api(route="/api/v1/detect/")
     async def detect(self, file: Path, require_face: bool | None = None) -> DetectResponse:
@@ -195,11 +183,15 @@ class DeepfakeDetector:
         """Judge seven test-time variants of every face (one model batch) and vote per face."""
         return await self._run(file, require_face, self.pipeline.detect_augmented)
 
-    async def _health(self) -> HealthResponse:
+    async def _model_status(self) -> dict[str, Any]:
+        """The model service's `status`; unreachable counts as not ready."""
         try:
-            status = await self.classifier.to_async.status()
+            return await self.classifier.to_async.status()
         except Exception as exc:  # noqa: BLE001 - any failure to reach the model is "unhealthy"
-            return health_report(False, f"model service unreachable: {type(exc).__name__}")
+            return {"ready": False, "error": f"model service unreachable: {type(exc).__name__}"}
+
+    async def _health(self) -> HealthResponse:
+        status = await self._model_status()
         return health_report(bool(status["ready"]), status["error"])
 
     async def _model_info(self) -> ModelInfoResponse | JSONResponse:

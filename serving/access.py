@@ -14,7 +14,16 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from serving.errors import ASGIApp, Receive, Scope, Send, error_body, send_json
+from serving.errors import (
+    OVERLOADED,
+    OVERLOADED_RETRY_AFTER_S,
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    error_body,
+    send_json,
+)
 
 UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
@@ -119,8 +128,8 @@ class AccessMiddleware:
                 await send_json(send, 429, body, [(b"retry-after", str(retry_after).encode())])
                 return
         if self.max_in_flight and self.in_flight >= self.max_in_flight:
-            body = error_body("SERVICE_OVERLOADED", "The service is at capacity; retry shortly")
-            await send_json(send, 503, body, [(b"retry-after", b"2")])
+            retry_after = str(OVERLOADED_RETRY_AFTER_S).encode()
+            await send_json(send, 503, error_body(*OVERLOADED), [(b"retry-after", retry_after)])
             return
         self.in_flight += 1
         try:

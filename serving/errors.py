@@ -52,6 +52,15 @@ def error_response(
     return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
+# At capacity: the in-flight cap (serving/access.py) and a call the model service shed.
+OVERLOADED = ("SERVICE_OVERLOADED", "The service is at capacity; retry shortly")
+OVERLOADED_RETRY_AFTER_S = 2
+
+
+def overloaded_response() -> JSONResponse:
+    return error_response(503, *OVERLOADED, {"Retry-After": str(OVERLOADED_RETRY_AFTER_S)})
+
+
 def input_error_response(exc: InputError) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message)
 
