@@ -41,17 +41,23 @@ def build_slow_classifier(size: int = 160, seed: int = 2) -> Any:
     return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
 
 
+def noise_image(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    """An RGB image of uniform random pixels, `size` (width, height)."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8), "RGB")
+
+
+def encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
 def image_bytes(
     fmt: str = "JPEG", size: tuple[int, int] = (120, 90), mode: str = "RGB", seed: int = 0, **save: Any
 ) -> bytes:
-    rng = np.random.default_rng(seed)
-    pixels = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
-    image = Image.fromarray(pixels, "RGB")
-    if mode != "RGB":
-        image = image.convert(mode)
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **save)
-    return buffer.getvalue()
+    image = noise_image(size, seed)
+    return encode(image if mode == "RGB" else image.convert(mode), fmt, **save)
 
 
 def free_port() -> int:

@@ -12,7 +12,6 @@ minutes (atheris, coverage-guided) and reuses `SEEDS`, `mutate` and `check_uploa
 
 from __future__ import annotations
 
-import io
 import struct
 import time
 import zlib
@@ -28,6 +27,7 @@ from preprocessing.augment import tta_variants
 from preprocessing.decode import DecodeLimits, decode_upload
 from preprocessing.errors import InputError
 from preprocessing.tensor import normalize, to_input_array
+from tests.helpers import encode, noise_image
 
 # Small limits: the oracle holds for any limits, and small ones keep every input cheap.
 LIMITS = DecodeLimits(max_bytes=2 * 1024 * 1024, max_pixels=4_000_000)
@@ -39,56 +39,45 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 # ---------------------------------------------------------------- seeds: one per format and mode
-def _pixels(size: tuple[int, int], seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8), "RGB")
-
-
-def _save(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
 def _animated(fmt: str) -> bytes:
     frames = [Image.new("RGB", (12, 10), color) for color in ("red", "green", "blue")]
-    return _save(frames[0], fmt, save_all=True, append_images=frames[1:], duration=40, loop=0)
+    return encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=40, loop=0)
 
 
 def _exif_rotated() -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90
-    return _save(_pixels((20, 12)), "JPEG", exif=exif)
+    return encode(noise_image((20, 12)), "JPEG", exif=exif)
 
 
 def _png16() -> bytes:
     values = (np.arange(16 * 12, dtype=np.uint32).reshape(12, 16) * 300).astype(np.uint16)
-    return _save(Image.fromarray(values), "PNG")
+    return encode(Image.fromarray(values), "PNG")
 
 
 def build_seeds() -> dict[str, bytes]:
-    image = _pixels((24, 16))
+    image = noise_image((24, 16))
     return {
-        "jpeg": _save(image, "JPEG", quality=80),
-        "jpeg_progressive": _save(image, "JPEG", progressive=True),
-        "jpeg_gray": _save(image.convert("L"), "JPEG"),
-        "jpeg_cmyk": _save(image.convert("CMYK"), "JPEG"),
+        "jpeg": encode(image, "JPEG", quality=80),
+        "jpeg_progressive": encode(image, "JPEG", progressive=True),
+        "jpeg_gray": encode(image.convert("L"), "JPEG"),
+        "jpeg_cmyk": encode(image.convert("CMYK"), "JPEG"),
         "jpeg_exif": _exif_rotated(),
-        "png": _save(image, "PNG"),
-        "png_rgba": _save(image.convert("RGBA"), "PNG"),
-        "png_palette": _save(image.convert("P"), "PNG"),
-        "png_palette_transparent": _save(image.convert("P"), "PNG", transparency=0),
-        "png_la": _save(image.convert("LA"), "PNG"),
-        "png_1bit": _save(image.convert("1"), "PNG"),
+        "png": encode(image, "PNG"),
+        "png_rgba": encode(image.convert("RGBA"), "PNG"),
+        "png_palette": encode(image.convert("P"), "PNG"),
+        "png_palette_transparent": encode(image.convert("P"), "PNG", transparency=0),
+        "png_la": encode(image.convert("LA"), "PNG"),
+        "png_1bit": encode(image.convert("1"), "PNG"),
         "png_16bit": _png16(),
-        "png_optimized": _save(image, "PNG", optimize=True),
-        "gif": _save(image, "GIF"),
+        "png_optimized": encode(image, "PNG", optimize=True),
+        "gif": encode(image, "GIF"),
         "gif_animated": _animated("GIF"),
-        "webp": _save(image, "WEBP", quality=80),
-        "webp_lossless_alpha": _save(image.convert("RGBA"), "WEBP", lossless=True),
+        "webp": encode(image, "WEBP", quality=80),
+        "webp_lossless_alpha": encode(image.convert("RGBA"), "WEBP", lossless=True),
         "webp_animated": _animated("WEBP"),
-        "bmp": _save(image, "BMP"),
-        "bmp_palette": _save(image.convert("P"), "BMP"),
+        "bmp": encode(image, "BMP"),
+        "bmp_palette": encode(image.convert("P"), "BMP"),
     }
 
 

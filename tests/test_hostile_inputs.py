@@ -16,7 +16,6 @@ benchmark) must not blur the leak check.
 from __future__ import annotations
 
 import functools
-import io
 import socket
 import struct
 import tempfile
@@ -33,7 +32,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import ROOT, ServerProcess, png_bomb
+from tests.helpers import ROOT, ServerProcess, encode, noise_image, png_bomb
 
 DETECT = "/api/v1/detect/"
 AUGMENTED = "/api/v1/detect/augmented"
@@ -44,46 +43,35 @@ MARKER = uuid.uuid4().hex  # in every hostile filename that must not create a fi
 
 
 # ------------------------------------------------------------------------------ images
-def _pixels(size: tuple[int, int], seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8), "RGB")
-
-
-def _save(image: Image.Image, fmt: str, **options: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
 @functools.cache
 def jpeg() -> bytes:
-    return _save(_pixels((200, 150)), "JPEG", quality=85)
+    return encode(noise_image((200, 150)), "JPEG", quality=85)
 
 
 @functools.cache
 def png() -> bytes:
-    return _save(_pixels((64, 48)), "PNG")
+    return encode(noise_image((64, 48)), "PNG")
 
 
 def gif() -> bytes:
-    return _save(_pixels((64, 48)), "GIF")
+    return encode(noise_image((64, 48)), "GIF")
 
 
 def webp() -> bytes:
-    return _save(_pixels((64, 48)), "WEBP")
+    return encode(noise_image((64, 48)), "WEBP")
 
 
 def bmp() -> bytes:
-    return _save(_pixels((64, 48)), "BMP")
+    return encode(noise_image((64, 48)), "BMP")
 
 
 def converted(mode: str, fmt: str = "PNG", size: tuple[int, int] = (64, 48), **options: Any) -> bytes:
-    return _save(_pixels(size).convert(mode), fmt, **options)
+    return encode(noise_image(size).convert(mode), fmt, **options)
 
 
 def png16() -> bytes:
     values = (np.arange(64 * 48, dtype=np.uint32).reshape(48, 64) * 21).astype(np.uint16)
-    return _save(Image.fromarray(values), "PNG")
+    return encode(Image.fromarray(values), "PNG")
 
 
 def png48() -> bytes:
@@ -111,13 +99,13 @@ def png_text_bomb(kind: bytes) -> bytes:
 
 def animated(fmt: str) -> bytes:
     frames = [Image.new("RGB", (48, 40), color) for color in ("red", "green", "blue", "white")]
-    return _save(frames[0], fmt, save_all=True, append_images=frames[1:], duration=40, loop=0)
+    return encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=40, loop=0)
 
 
 def exif_rotated(orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
-    return _save(_pixels((60, 40)), "JPEG", exif=exif)
+    return encode(noise_image((60, 40)), "JPEG", exif=exif)
 
 
 def with_byte_changes(data: bytes, at: int, new: bytes) -> bytes:
@@ -171,7 +159,7 @@ def bmp_header(width: int, height: int, pixels: bytes = b"") -> bytes:
 
 def large_blank_png(side: int) -> bytes:
     """A side x side black PNG: a few hundred KB that declare side**2 real pixels."""
-    return _save(Image.new("L", (side, side)), "PNG")
+    return encode(Image.new("L", (side, side)), "PNG")
 
 
 def random_bytes(n: int, seed: int = 3) -> bytes:
@@ -684,7 +672,7 @@ CASES: list[Case] = [
     ok("jpeg-exif-orientation-invalid-99", lambda: upload(exif_rotated(99))),
     ok(
         "jpeg-exif-garbage",
-        lambda: upload(_save(_pixels((60, 40)), "JPEG", exif=b"Exif\x00\x00" + b"\xff" * 40)),
+        lambda: upload(encode(noise_image((60, 40)), "JPEG", exif=b"Exif\x00\x00" + b"\xff" * 40)),
     ),
     ok("jpeg-corrupt-scan-data", lambda: upload(jpeg_corrupt_scan())),
     ok("jpeg-trailing-garbage", lambda: upload(jpeg() + random_bytes(100_000))),
