@@ -95,8 +95,11 @@ def import_model(
     description: str = "",
     placeholder: bool = False,
     labels: dict[str, str] | None = None,
+    spec_fields: dict[str, Any] | None = None,
 ) -> str:
-    """Import `path` into the store; return the new tag. Raises ImportRefused."""
+    """Import `path` into the store; return the new tag. Raises ImportRefused.
+
+    `spec_fields`: further ModelSpec fields (verdict bands, group rule, detector, calibration)."""
     import bentoml
 
     path = Path(path)
@@ -130,6 +133,7 @@ def import_model(
         frameworks=frameworks(),
         metrics=metrics or {},
         card=card or {},
+        **(spec_fields or {}),
     )
     with bentoml.models.create(name, metadata=spec.to_metadata(), labels=labels or {}) as stored:
         if fmt == "saved_model":

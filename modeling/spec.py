@@ -11,6 +11,30 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Normalization = Literal["zero_one", "minus_one_one", "raw"]
 Label = Literal["fake", "real"]
+# What a person may conclude: the served P(fake) against the model's verdict bands. `no_face`:
+# nothing was judged (no face found in a photo that is not itself a face crop).
+VerdictName = Literal["likely_fake", "uncertain", "likely_real", "no_face"]
+
+
+class VerdictBands(BaseModel):
+    """Served P(fake) <= `real_up_to` reads likely_real, >= `fake_from` likely_fake, between
+    the two: uncertain. Set on validation for the default model (its recipe says how)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    real_up_to: float = Field(0.3, ge=0.0, le=0.5)
+    fake_from: float = Field(0.7, ge=0.5, le=1.0)
+
+
+class GroupRule(BaseModel):
+    """An image with n faces is judged by its most-fake face, against a bar raised with n so
+    that a real photo of n faces is called fake no more often than a photo of one (Sidak, on a
+    normal fit of real faces' served logits: `real_logit_std`). None: no correction."""
+
+    model_config = ConfigDict(frozen=True)
+
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    real_logit_std: float | None = Field(None, gt=0.0)
 
 
 @dataclass(frozen=True)
@@ -39,6 +63,12 @@ class ModelSpec(BaseModel):
     # How faces are cut for this model (preprocessing.faces.crop_face): what it was trained on.
     face_margin: float = Field(0.25, ge=0.0)
     face_align: bool = False
+    # The face detector the training crops came from (preprocessing.faces); "" if unknown.
+    detector: str = ""
+    verdict_bands: VerdictBands = Field(default_factory=VerdictBands)
+    group: GroupRule = Field(default_factory=GroupRule)
+    # How the served probability was calibrated, and under which prior (informational).
+    calibration: dict[str, Any] = Field(default_factory=dict)
     file_format: Literal["keras", "saved_model"] = "keras"
     # Loaded with Keras safe_mode off: only for files the importer was told to trust.
     trusted_code: bool = False
