@@ -9,6 +9,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# The store name `model_import.py` imports under and the server serves by default.
+DEFAULT_MODEL_NAME = "deepfake_classifier"
+
 Normalization = Literal["zero_one", "minus_one_one", "raw"]
 Label = Literal["fake", "real"]
 # What a person may conclude: the served P(fake) against the model's verdict bands. `no_face`:
@@ -105,4 +108,5 @@ class ModelSpec(BaseModel):
         return cls.model_validate(metadata)
 
     def to_metadata(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        # BentoML's metadata holds basic types only, no None: an unset field is left out.
+        return self.model_dump(mode="json", exclude_none=True)
