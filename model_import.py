@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from modeling.artifacts import sha256_file
-from modeling.spec import ModelSpec
-from serving.settings import DEFAULT_MODEL_NAME
+from modeling.spec import DEFAULT_MODEL_NAME, ModelSpec
 
 
 class ImportRefused(Exception):

@@ -1,4 +1,7 @@
-"""Faults of the client's making, each with its HTTP status and a stable error code."""
+"""Faults of the client's making, each with its HTTP status and a stable error code.
+
+`message` is the legacy `error` string; for MISSING_FILE and EMPTY_FILE it is the old backend's
+exact wording, which its clients compare, and the explanation goes into `details`."""
 
 from __future__ import annotations
 
@@ -6,15 +9,27 @@ from __future__ import annotations
 class InputError(Exception):
     """An upload the service refuses. `status` is a 4xx; `code` is stable for clients."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, details: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.details = details
+        self.headers: dict[str, str] = {}
 
 
-def empty_file() -> InputError:
-    return InputError(400, "EMPTY_FILE", "The uploaded file is empty")
+def missing_file(field: str = "file") -> InputError:
+    return InputError(
+        400, "MISSING_FILE", "No file provided", f"Send the file as the multipart form field '{field}'"
+    )
+
+
+def empty_file(details: str = "The uploaded file is empty") -> InputError:
+    return InputError(400, "EMPTY_FILE", "No selected file", details)
+
+
+def bad_request(message: str) -> InputError:
+    return InputError(400, "BAD_REQUEST", message)
 
 
 def file_too_large(limit: int) -> InputError:

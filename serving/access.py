@@ -14,16 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from serving.errors import (
-    OVERLOADED,
-    OVERLOADED_RETRY_AFTER_S,
-    ASGIApp,
-    Receive,
-    Scope,
-    Send,
-    error_body,
-    send_json,
-)
+from serving.errors import ASGIApp, Overloaded, RateLimited, Receive, Scope, Send, Unauthorized
 
 UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
@@ -85,7 +76,8 @@ class FixedWindowLimiter:
 class AccessMiddleware:
     """On `guarded` paths: API key (Bearer), rate limit, and a cap on requests in flight, so
     that overload is a quick 503 with Retry-After instead of a queue that grows until every
-    request times out. Probes, health and docs stay open."""
+    request times out. Probes, health and docs stay open. Refusals are raised as typed errors;
+    the edge (serving/edge.py) answers them."""
 
     def __init__(
         self,
@@ -114,23 +106,13 @@ class AccessMiddleware:
         if self.api_key is not None:
             scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.api_key):
-                body = error_body(
-                    "UNAUTHORIZED", "A valid API key is required: 'Authorization: Bearer <key>'"
-                )
-                await send_json(send, 401, body, [(b"www-authenticate", b"Bearer")])
-                return
+                raise Unauthorized()
         if self.limiter is not None:
             retry_after = self.limiter.hit(self._client(scope, headers))
             if retry_after is not None:
-                body = error_body(
-                    "RATE_LIMITED", f"Too many requests from this client; retry in {retry_after} s"
-                )
-                await send_json(send, 429, body, [(b"retry-after", str(retry_after).encode())])
-                return
+                raise RateLimited(retry_after)
         if self.max_in_flight and self.in_flight >= self.max_in_flight:
-            retry_after = str(OVERLOADED_RETRY_AFTER_S).encode()
-            await send_json(send, 503, error_body(*OVERLOADED), [(b"retry-after", retry_after)])
-            return
+            raise Overloaded()
         self.in_flight += 1
         try:
             await self.app(scope, receive, send)

@@ -1,13 +1,15 @@
-"""Error bodies in the legacy shape, `{"error", "error_code", "timestamp"}`, for every route.
+"""Errors as types, and the one legacy body every error answer has:
+`{"error", "error_code", "timestamp"}` (+ `details` where there is more to say).
 
-BentoML and Starlette answer some faults themselves (validation errors, unknown routes, wrong
-methods) in their own shapes; `LegacyHTTPMiddleware` rewrites those so that clients see one
-shape, and caps the request body before any of it is parsed."""
+Faults of the client's upload are `preprocessing.errors.InputError`; the service's own answers
+(access, overload, timeouts, routing) are the `ServiceError` subclasses below. Both carry their
+status, code, message and headers; `error_response` / `send_error` turn either into the answer,
+count it and log one line (never a traceback: a client fault is not a server fault)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
@@ -22,203 +24,145 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Codes for answers the framework gives on its own; our own faults carry their own code.
-STATUS_CODES: dict[int, str] = {
-    400: "BAD_REQUEST",
-    404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    408: "REQUEST_TIMEOUT",
-    413: "FILE_TOO_LARGE",
-    415: "UNSUPPORTED_MEDIA_TYPE",
-    422: "UNPROCESSABLE_ENTITY",
-    429: "RATE_LIMITED",
-    500: "INTERNAL_ERROR",
-    503: "SERVICE_UNAVAILABLE",
-    504: "TIMEOUT",
-}
+logger = logging.getLogger("deepfake")
+
+
+class ServiceError(Exception):
+    """An answer of the service's own making, in the legacy error shape."""
+
+    status = 500
+    code = "INTERNAL_ERROR"
+    message = "The server failed to answer this request; see the server log"
+
+    def __init__(
+        self, message: str | None = None, *, details: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        self.message = message or type(self).message
+        super().__init__(self.message)
+        self.details = details
+        self.headers = {**self.default_headers(), **(headers or {})}
+
+    def default_headers(self) -> dict[str, str]:
+        return {}
+
+
+class Unauthorized(ServiceError):
+    status, code = 401, "UNAUTHORIZED"
+    message = "A valid API key is required: 'Authorization: Bearer <key>'"
+
+    def default_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class RateLimited(ServiceError):
+    status, code = 429, "RATE_LIMITED"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"Too many requests from this client; retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+class Overloaded(ServiceError):
+    """At capacity: the in-flight cap, or a call the model service shed."""
+
+    status, code = 503, "SERVICE_OVERLOADED"
+    message = "The service is at capacity; retry shortly"
+    RETRY_AFTER_S = 2
+
+    def default_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.RETRY_AFTER_S)}
+
+
+class ModelUnavailable(ServiceError):
+    status, code = 503, "MODEL_UNAVAILABLE"
+    message = "The model cannot serve right now; retry later"
+
+    def default_headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
+class UploadTimeout(ServiceError):
+    status, code = 408, "REQUEST_TIMEOUT"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The upload did not complete in {seconds:g} s", headers={"Connection": "close"})
+
+
+class RequestTimeout(ServiceError):
+    status, code = 504, "TIMEOUT"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The request was not answered in {seconds:g} s; retry later")
+
+
+class InternalError(ServiceError):
+    """A fault of the server's own; `unexpected` logged it with its traceback already."""
+
+    logged = True
+
+
+class ClientDisconnected(ServiceError):
+    """Nobody reads this answer; it is counted so that a vanished client is not a 5xx."""
+
+    status, code = 400, "CLIENT_DISCONNECTED"
+    message = "The client disconnected before the upload was complete"
+
+
+class NotFound(ServiceError):
+    status, code = 404, "NOT_FOUND"
+    message = "No such route; see /api/v1/docs"
+
+
+class MethodNotAllowed(ServiceError):
+    status, code = 405, "METHOD_NOT_ALLOWED"
+
+    def __init__(self, allowed: list[str]) -> None:
+        super().__init__(f"This route takes {', '.join(allowed)}", headers={"Allow": ", ".join(allowed)})
+
+
+AnyError = InputError | ServiceError
 
 
 def utc_timestamp() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def error_body(code: str, message: str) -> dict[str, str]:
-    return {"error": message, "error_code": code, "timestamp": utc_timestamp()}
+def legacy_body(error: AnyError) -> dict[str, str]:
+    body = {"error": error.message, "error_code": error.code, "timestamp": utc_timestamp()}
+    if error.details:
+        body["details"] = error.details
+    return body
 
 
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+def _record(error: AnyError, where: str) -> None:
+    from serving.observability import metrics
+
+    metrics().rejected.labels(status=str(error.status), error_code=error.code).inc()
+    if getattr(error, "logged", False):
+        return
+    level = logging.INFO if error.status < 500 else logging.WARNING
+    logger.log(level, "%d %s %s: %s", error.status, error.code, where, error.message)
 
 
-# At capacity: the in-flight cap (serving/access.py) and a call the model service shed.
-OVERLOADED = ("SERVICE_OVERLOADED", "The service is at capacity; retry shortly")
-OVERLOADED_RETRY_AFTER_S = 2
+def error_response(error: AnyError, where: str = "") -> JSONResponse:
+    """The legacy answer for `error`, counted and logged in one line."""
+    _record(error, where)
+    return JSONResponse(legacy_body(error), status_code=error.status, headers=error.headers)
 
 
-def overloaded_response() -> JSONResponse:
-    return error_response(503, *OVERLOADED, {"Retry-After": str(OVERLOADED_RETRY_AFTER_S)})
-
-
-def input_error_response(exc: InputError) -> JSONResponse:
-    return error_response(exc.status, exc.code, exc.message)
-
-
-def _framework_error(status: int, body: bytes) -> dict[str, str]:
-    """Legacy body for an error the framework wrote in its own shape."""
-    code = STATUS_CODES.get(status, f"HTTP_{status}")
-    message = body.decode("utf-8", "replace").strip() or code
-    try:
-        data = json.loads(body)
-    except ValueError:
-        data = None
-    if isinstance(data, list) and len(data) == 1:
-        data = data[0]  # BentoML 1.4 wraps 4xx bodies in a one-element list
-    if isinstance(data, dict):
-        if "error_code" in data:
-            return data
-        message = str(data.get("error") or data.get("detail") or message)
-        details = data.get("detail") if "error" in data else None
-        if isinstance(details, list) and details:
-            details = [d for d in details if isinstance(d, dict)]
-            message += ": " + "; ".join(
-                f"{'.'.join(map(str, d.get('loc', [])))} {d.get('msg', '')}".strip() for d in details
-            )
-            missing = [d["loc"][-1] for d in details if d.get("type") == "missing" and d.get("loc")]
-            if missing:  # a required form field is absent: legacy MISSING_FILE for `file`
-                code = f"MISSING_{str(missing[0]).upper()}"
-                message = f"No {missing[0]} provided (multipart form field '{missing[0]}')"
-    if status >= 500:
-        message = "The server failed to answer this request; see the server log"
-    return error_body(code, message)
-
-
-class LegacyHTTPMiddleware:
-    """Path aliases, a request-body cap, every error in the legacy shape (and counted), and
-    an X-Request-ID header on every answer."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        aliases: dict[str, str],
-        max_body_bytes: int,
-        body_timeout_s: float,
-        passthrough: tuple[str, ...] = ("/livez", "/readyz", "/healthz", "/metrics"),
-    ) -> None:
-        self.app = app
-        self.aliases = aliases
-        self.max_body_bytes = max_body_bytes
-        self.body_timeout_s = body_timeout_s
-        self.passthrough = passthrough
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.passthrough:
-            await self.app(scope, receive, send)
-            return
-        if scope["path"] in self.aliases:
-            path = self.aliases[scope["path"]]
-            scope = {**scope, "path": path, "raw_path": path.encode()}
-
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            _count_rejected(413, "FILE_TOO_LARGE")
-            await self._send_error(send, 413, "FILE_TOO_LARGE", self._too_large())
-            return
-
-        received = 0
-        too_large = stalled = body_done = False
-        # A deadline for the whole body, not an idle timeout: a client trickling a byte a
-        # second must not hold a worker slot until the request timeout.
-        body_deadline = asyncio.get_running_loop().time() + self.body_timeout_s
-
-        async def capped_receive() -> Message:
-            nonlocal received, too_large, stalled, body_done
-            if body_done:  # past the body, receive() only waits for a disconnect
-                return await receive()
-            try:
-                remaining = body_deadline - asyncio.get_running_loop().time()
-                message = await asyncio.wait_for(receive(), max(remaining, 0.001))
-            except TimeoutError:
-                # A stalled upload: stop waiting; the parser sees a disconnect, the answer is a 408.
-                stalled = True
-                return {"type": "http.disconnect"}
-            if message["type"] == "http.request":
-                body_done = not message.get("more_body", False)
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    # Stop reading; the parser sees a disconnect and the answer below is a 413.
-                    too_large = True
-                    return {"type": "http.disconnect"}
-            return message
-
-        start: Message | None = None
-        chunks: list[bytes] = []
-
-        async def rewriting_send(message: Message) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start":
-                if message["status"] < 400 and not (too_large or stalled):
-                    await send({**message, "headers": [*message.get("headers", []), *_request_id_header()]})
-                else:
-                    start = message
-                return
-            if message["type"] != "http.response.body" or start is None:
-                await send(message)
-                return
-            chunks.append(message.get("body", b""))
-            if message.get("more_body", False):
-                return
-            if too_large:
-                status, body = 413, error_body("FILE_TOO_LARGE", self._too_large())
-            elif stalled:
-                status = 408
-                body = error_body(
-                    "REQUEST_TIMEOUT", f"The upload did not complete in {self.body_timeout_s:g} s"
-                )
-            else:
-                status = start["status"]
-                body = _framework_error(status, b"".join(chunks))
-            headers = [
-                (k, v)
-                for k, v in start.get("headers", [])
-                if k.lower() not in (b"content-length", b"content-type")
-            ]
-            _count_rejected(status, body["error_code"])
-            await send_json(send, status, body, [*headers, *_request_id_header()])
-
-        await self.app(scope, capped_receive, rewriting_send)
-
-    def _too_large(self) -> str:
-        return f"The request body is larger than {self.max_body_bytes} bytes"
-
-    async def _send_error(self, send: Send, status: int, code: str, message: str) -> None:
-        await send_json(send, status, error_body(code, message), _request_id_header())
-
-
-async def send_json(
-    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
-) -> None:
-    payload = json.dumps(body).encode()
-    headers = [
-        *headers,
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(payload)).encode()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+async def send_error(send: Send, error: AnyError, where: str = "") -> None:
+    """`error_response` for code that speaks raw ASGI (the middlewares)."""
+    _record(error, where)
+    payload = json.dumps(legacy_body(error)).encode()
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+    headers += [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
 
-def _request_id_header() -> list[tuple[bytes, bytes]]:
-    """The request id that also tags this request's log lines, for every answer."""
-    from serving.observability import current_request_id
-
-    request_id = current_request_id()
-    return [(b"x-request-id", request_id.encode())] if request_id else []
-
-
-def _count_rejected(status: int, code: str) -> None:
-    from serving.observability import metrics
-
-    metrics().rejected.labels(status=str(status), error_code=code).inc()
+def unexpected(exc: BaseException, where: str) -> InternalError:
+    """A fault of the server's own: logged once with its traceback, answered as a plain 500."""
+    logger.error("500 INTERNAL_ERROR %s: %s: %s", where, type(exc).__name__, exc, exc_info=exc)
+    return InternalError()

@@ -6,10 +6,14 @@ would count in a private registry that /metrics never shows."""
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
+
+# The request's id (serving/edge.py sets it); log lines of that request carry it.
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
 @dataclass(frozen=True)
@@ -51,23 +55,20 @@ def record_verdict(route: str, prediction: str, faces: int) -> None:
     metrics().faces.observe(faces)
 
 
-def current_request_id() -> str | None:
-    """The request's id: its OpenTelemetry server span id, as BentoML's access log shows it."""
-    from bentoml._internal.context import trace_context
+def current_trace_id() -> str | None:
+    """The OpenTelemetry trace id of the current request (it spans both services), if any."""
+    from opentelemetry import trace
 
-    span_id = trace_context.span_id
-    return format(span_id, "016x") if isinstance(span_id, int) and span_id else None
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
 
 
 class _RequestIds(logging.Filter):
     """Adds the request id (as in the X-Request-ID header) and the trace id to a record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from bentoml._internal.context import trace_context
-
-        record.request_id = current_request_id()
-        trace_id = trace_context.trace_id
-        record.trace_id = format(trace_id, "032x") if isinstance(trace_id, int) and trace_id else None
+        record.request_id = request_id_var.get()
+        record.trace_id = current_trace_id()
         return True
 
 

@@ -8,6 +8,7 @@ part (`prepare`) runs in a worker thread, off the event loop."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from PIL import Image
 
 from modeling.spec import ModelSpec, Verdict
 from preprocessing import errors
+from preprocessing import faces as face_defaults
 from preprocessing.augment import VARIANTS, tta_variants
 from preprocessing.decode import DecodeLimits, decode_upload
 from preprocessing.faces import Face, FaceDetector, clip_box, crop_face
@@ -32,12 +34,21 @@ from serving.schemas import (
     DetectResponse,
     FaceResult,
 )
-from serving.settings import FaceSettings
 
 T = TypeVar("T")
 
 # uint8 (N, H, W, 3) -> raw sigmoid outputs (N,)
 Predict = Callable[[np.ndarray], Awaitable[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class FaceSettings:
+    """How faces are found for a request (the server's settings)."""
+
+    require: bool = False  # no face: 422 NO_FACE
+    max_faces: int = face_defaults.DEFAULT_MAX_FACES
+    min_score: float = face_defaults.DEFAULT_MIN_SCORE
+    max_side: int = face_defaults.DEFAULT_MAX_SIDE  # detection runs on a copy at most this large
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,13 @@ class DetectionPipeline:
         self._executor = ThreadPoolExecutor(max_workers=decode_concurrency, thread_name_prefix="decode")
 
     async def _off_loop(self, func: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+        # The request's context (its id, for log lines) goes along into the worker thread.
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, context.run, func, *args)
+
+    def close(self) -> None:
+        """Stop the decode threads (the service's shutdown hook)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def prepare(self, data: bytes, require_face: bool | None = None) -> Prepared:
         """Decode, find faces, crop. CPU-bound: call it off the event loop. Raises InputError."""

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from modeling.spec import ModelSpec
 from serving.errors import utc_timestamp
-from serving.schemas import HealthResponse, ModelInfoResponse
+from serving.schemas import HealthResponse, ModelDescription, ModelInfoResponse
 
 
 def health_report(ready: bool, error: str | None) -> HealthResponse:
@@ -19,22 +17,22 @@ def health_report(ready: bool, error: str | None) -> HealthResponse:
     )
 
 
-def model_info_report(spec: ModelSpec, tag: str, described: dict[str, Any]) -> ModelInfoResponse:
+def model_info_report(spec: ModelSpec, tag: str, described: ModelDescription) -> ModelInfoResponse:
     """`described` is what the loaded network says of itself (FaceClassifier.describe)."""
     return ModelInfoResponse(
         tag=tag,
-        input_shape=described["input_shape"],
+        input_shape=described.input_shape,
         image_size=list(spec.input_size),
-        model_path=described["path"],
+        model_path=described.path,
         labels=list(spec.labels),
         output_meaning=spec.output_meaning,
         threshold=spec.threshold,
         normalization=spec.normalization,
         placeholder=spec.placeholder,
         description=spec.description,
-        layer_count=len(described["layers"]),
-        layers=described["layers"],
-        parameters=described["parameters"],
+        layer_count=len(described.layers),
+        layers=described.layers,
+        parameters=described.parameters,
         metrics=spec.metrics,
         card=spec.card,
         source=spec.source,

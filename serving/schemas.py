@@ -101,6 +101,23 @@ class ModelInfoResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    error: str
+    error: str = Field(description="The legacy message (exact old strings for MISSING_FILE, EMPTY_FILE)")
     error_code: str
     timestamp: str
+    details: str | None = Field(None, description="More on the error, where there is more to say")
+
+
+class ModelStatus(BaseModel):
+    """The model service's answer to `status`: can it serve, and if not, why."""
+
+    ready: bool
+    error: str | None = None
+
+
+class ModelDescription(BaseModel):
+    """What the loaded network says of itself (the model service's `describe`)."""
+
+    input_shape: list[int | None]
+    layers: list[str]
+    parameters: int
+    path: str

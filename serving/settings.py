@@ -1,87 +1,117 @@
-"""Server settings, read once from environment variables (prefix `DEEPFAKE_`)."""
+"""Server settings: one validated model, read once from environment variables (`DEEPFAKE_*`).
+
+A bad value stops the start with one line naming the variable (`load_settings`). Each default
+is defined once: here, or where the fact lives (decode limits in preprocessing/decode.py, face
+detection in preprocessing/faces.py) and referenced from here. The README's settings table is
+generated from this model (`python -m serving.settings`) and a test keeps the two in step.
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+import functools
+import sys
+from typing import Annotated, Any, Literal
 
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from modeling.spec import DEFAULT_MODEL_NAME
+from preprocessing import faces
 from preprocessing.decode import DecodeLimits
+from serving.access import parse_rate_limits
 
-DEFAULT_MODEL_NAME = "deepfake_classifier"
-
-
-@dataclass(frozen=True)
-class FaceSettings:
-    require: bool = False  # no face: 422 NO_FACE instead of judging the whole image
-    max_faces: int = 20
-    min_score: float = 0.9
-    max_side: int = 640  # detection runs on a copy at most this large
+ENV_PREFIX = "DEEPFAKE_"
+_LIMITS = DecodeLimits()
 
 
-def _int(name: str, default: int) -> int:
-    value = os.environ.get(f"DEEPFAKE_{name}")
-    return default if value in (None, "") else int(value)
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
-
-def _str(name: str, default: str) -> str:
-    return os.environ.get(f"DEEPFAKE_{name}") or default
-
-
-def _bool(name: str, default: bool) -> bool:
-    value = os.environ.get(f"DEEPFAKE_{name}", "").strip().lower()
-    return default if not value else value in ("1", "true", "yes", "on")
-
-
-def _float(name: str, default: float) -> float:
-    value = os.environ.get(f"DEEPFAKE_{name}")
-    return default if value in (None, "") else float(value)
-
-
-@dataclass(frozen=True)
-class Settings:
-    model_tag: str = field(default_factory=lambda: _str("MODEL_TAG", f"{DEFAULT_MODEL_NAME}:latest"))
-    max_upload_bytes: int = field(default_factory=lambda: _int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024))
-    max_image_pixels: int = field(default_factory=lambda: _int("MAX_IMAGE_PIXELS", 40_000_000))
-    # Adaptive batching of the model service.
-    max_batch_size: int = field(default_factory=lambda: _int("MAX_BATCH_SIZE", 64))
+    model_tag: str = Field(f"{DEFAULT_MODEL_NAME}:latest", description="the model to serve from the store")
+    max_upload_bytes: int = Field(_LIMITS.max_bytes, gt=0, description="largest image upload, in bytes")
+    max_image_pixels: int = Field(_LIMITS.max_pixels, gt=0, description="largest image, width x height")
+    max_batch_size: int = Field(
+        64, gt=0, le=1024, description="adaptive batching: most images per model call"
+    )
     # BentoML answers 503 for a queued call it expects to finish later than this. Its estimate
     # counts calls, not images: with faces, one call can carry 16 crops. 10 s gave 59 503s
     # in 512 requests at 64 clients (p99 10.4 s); half the request timeout leaves room.
-    max_latency_ms: int = field(default_factory=lambda: _int("MAX_LATENCY_MS", 30_000))
-    batch_policy: str = field(default_factory=lambda: _str("BATCH_POLICY", "greedy"))  # or "bentoml"
-    request_timeout_s: int = field(default_factory=lambda: _int("REQUEST_TIMEOUT_S", 60))
-    # An upload not complete this long after it started answers 408 (default: half the
-    # request timeout, so that it comes before BentoML's own 504).
-    upload_timeout_s: float = field(default_factory=lambda: _float("UPLOAD_TIMEOUT_S", 0.0))
-    api_workers: int = field(default_factory=lambda: _int("API_WORKERS", 1))
-    # Faces: find them, judge each; the image verdict is the most-fake face.
-    face_detection: bool = field(default_factory=lambda: _bool("FACE_DETECTION", True))
-    require_face: bool = field(default_factory=lambda: _bool("REQUIRE_FACE", False))
-    max_faces: int = field(default_factory=lambda: _int("MAX_FACES", 20))
-    face_min_score: float = field(default_factory=lambda: _float("FACE_MIN_SCORE", 0.9))
-    detect_max_side: int = field(default_factory=lambda: _int("DETECT_MAX_SIDE", 640))
-    # Access: off unless set. API key as 'Authorization: Bearer <key>' on the detect routes;
-    # per-client rate limits such as "200/day,50/hour" (the old service's defaults).
-    api_key: str | None = field(default_factory=lambda: _str("API_KEY", "") or None)
-    rate_limits: str = field(default_factory=lambda: _str("RATE_LIMITS", ""))
-    trust_forwarded_for: bool = field(default_factory=lambda: _bool("TRUST_FORWARDED_FOR", False))
-    # Detect requests in flight per API worker; past it: 503 SERVICE_OVERLOADED, Retry-After.
-    max_in_flight: int = field(default_factory=lambda: _int("MAX_IN_FLIGHT", 128))
-    # Threads that decode and find faces, per API worker: a 40 MP PNG takes ~0.3 GB to decode.
-    decode_concurrency: int = field(default_factory=lambda: _int("DECODE_CONCURRENCY", 2))
-    log_format: str = field(default_factory=lambda: _str("LOG_FORMAT", "json"))
-    cors_origins: tuple[str, ...] = field(
-        default_factory=lambda: tuple(o.strip() for o in _str("CORS_ORIGINS", "*").split(","))
+    max_latency_ms: int = Field(
+        30_000,
+        gt=0,
+        description="adaptive batching: a queued call expected to finish later than this is answered "
+        "`503 SERVICE_OVERLOADED`",
+    )
+    batch_policy: Literal["greedy", "bentoml"] = Field(
+        "greedy",
+        description="`greedy`: a batch starts as soon as the model is free; `bentoml`: BentoML's learned "
+        "wait (serving/bentoml_adapter.py)",
+    )
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="a request not answered by then gets `504 TIMEOUT`"
+    )
+    upload_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="an upload not complete by then answers `408 REQUEST_TIMEOUT` (unset: half "
+        "the request timeout)",
+    )
+    api_workers: int = Field(1, gt=0, le=64, description="worker processes of the public service")
+    face_detection: bool = Field(True, description="find faces first; `false` judges the whole image")
+    require_face: bool = Field(
+        False, description="no face: `422 NO_FACE` instead of an answer that says no face was found"
+    )
+    max_faces: int = Field(
+        faces.DEFAULT_MAX_FACES, gt=0, le=100, description="faces judged per image (largest first)"
+    )
+    face_min_score: float = Field(
+        faces.DEFAULT_MIN_SCORE, ge=0.0, le=1.0, description="detector score a face needs"
+    )
+    detect_max_side: int = Field(
+        faces.DEFAULT_MAX_SIDE, ge=64, le=4096, description="detection runs on a copy at most this large"
+    )
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("*",), description="allowed origins, comma separated"
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="when set, the detect routes need `Authorization: Bearer <key>` (probes, health, info, "
+        "docs stay open)",
+    )
+    rate_limits: str = Field(
+        "",
+        description="per-client limits on the detect routes, e.g. `200/day,50/hour` (the old service's); "
+        "counted per worker process; empty: off",
+    )
+    trust_forwarded_for: bool = Field(
+        False, description="take the client address from `X-Forwarded-For` (only behind a proxy you run)"
+    )
+    max_in_flight: int = Field(
+        128,
+        ge=0,
+        description="detect requests in flight per API worker; past it `503 SERVICE_OVERLOADED` with "
+        "`Retry-After` (0: no cap)",
+    )
+    # A 40 MP PNG takes ~0.3 GB to decode; the number of threads bounds that memory.
+    decode_concurrency: int = Field(
+        2, gt=0, le=64, description="threads that decode and find faces per API worker (bounds decode memory)"
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json", description="`json` lines (with `request_id`, `trace_id`) or BentoML's `text`"
     )
 
-    @property
-    def faces(self) -> FaceSettings:
-        return FaceSettings(
-            require=self.require_face,
-            max_faces=self.max_faces,
-            min_score=self.face_min_score,
-            max_side=self.detect_max_side,
-        )
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(origin.strip() for origin in value.split(",") if origin.strip())
+        return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_rate_limits(cls, value: str) -> str:
+        parse_rate_limits(value)  # raises ValueError with the bad part
+        return value
 
     @property
     def upload_timeout(self) -> float:
@@ -92,4 +122,43 @@ class Settings:
         return DecodeLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_image_pixels)
 
 
-SETTINGS = Settings()
+class SettingsError(SystemExit):
+    """A bad setting: the one-line message names the variable; the start stops."""
+
+
+def _explain(error: ValidationError) -> str:
+    first = error.errors()[0]
+    name = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else ENV_PREFIX + "*"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"bad setting {name}={first.get('input')!r}: {first['msg']}{more}"
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The server's settings; a bad value raises SettingsError (exit status 2) with one line."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        message = _explain(exc)
+        print(f"deepfake: {message}", file=sys.stderr)
+        raise SettingsError(2) from None
+
+
+def markdown_table() -> str:
+    """The README's settings table, from the model itself."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        shown = (
+            "unset"
+            if default in (None, "")
+            else f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        )
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

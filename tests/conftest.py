@@ -1,5 +1,12 @@
 """Shared fixtures. Tests use a store of their own (never the project's .bentoml/) and build
-the small models they need; the end-to-end server is a real `bentoml serve` subprocess."""
+the small models they need.
+
+Two ways to reach the service:
+- `app`: its ASGI app in this process (tests/inprocess.py) with a small real Keras model, for
+  routes, shapes, schemas and error bodies: fast, no process start;
+- `server`: ONE real `bentoml serve` subprocess for the whole session, for what needs real
+  processes: batching, faults, load, the Python client, raw HTTP.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +22,10 @@ from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
 
-from tests.helpers import ServerProcess, build_legacy_facenet_like  # noqa: E402
+from tests.helpers import ServerProcess, build_legacy_facenet_like, build_slow_classifier  # noqa: E402
+from tests.inprocess import service_app  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +44,33 @@ def served_tag(legacy_h5: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def server(served_tag: str) -> Iterator[ServerProcess]:
-    with ServerProcess(env={"DEEPFAKE_MODEL_TAG": served_tag}) as running:
+def slow_tag(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A classifier that keeps the model service busy for tens of ms a call, as FaceNet does:
+    concurrent requests then queue behind it and merge into batches."""
+    from model_import import import_model
+
+    path = tmp_path_factory.mktemp("slow") / "slow.keras"
+    build_slow_classifier().save(path)
+    return import_model(path, name="slow_classifier")
+
+
+@pytest.fixture(scope="session")
+def app(served_tag: str) -> Iterator[TestClient]:
+    """The service's ASGI app in this process, default settings, the small legacy model."""
+    with service_app({"DEEPFAKE_MODEL_TAG": served_tag}, bentoml_metrics=True) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def server_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared server's TMPDIR: BentoML writes the Python client's uploads there."""
+    return tmp_path_factory.mktemp("server-tmp")
+
+
+@pytest.fixture(scope="session")
+def server(slow_tag: str, server_tmp: Path) -> Iterator[ServerProcess]:
+    """The one shared `bentoml serve`: default settings but a 1.5 s upload deadline (the
+    stalled-upload tests), the slow model (so that batches form), a TMPDIR of its own."""
+    env = {"DEEPFAKE_MODEL_TAG": slow_tag, "DEEPFAKE_UPLOAD_TIMEOUT_S": "1.5", "TMPDIR": str(server_tmp)}
+    with ServerProcess(env=env) as running:
         yield running

@@ -6,9 +6,11 @@ import json
 from collections.abc import Iterator
 
 import pytest
+from starlette.testclient import TestClient
 
 from serving.access import FixedWindowLimiter, RateLimit, parse_rate_limits
 from tests.helpers import FIXTURES, ServerProcess, image_bytes
+from tests.inprocess import service_app
 
 FACE = ("face.jpg", (FIXTURES / "astronaut.jpg").read_bytes(), "image/jpeg")
 
@@ -37,13 +39,14 @@ def test_fixed_windows_per_client() -> None:
 
 
 @pytest.fixture(scope="module")
-def guarded_server(served_tag: str) -> Iterator[ServerProcess]:
+def guarded_server(served_tag: str) -> Iterator[TestClient]:
+    """The service in process, with an API key and a rate limit."""
     env = {"DEEPFAKE_MODEL_TAG": served_tag, "DEEPFAKE_API_KEY": "s3cret", "DEEPFAKE_RATE_LIMITS": "3/minute"}
-    with ServerProcess(env=env) as running:
-        yield running
+    with service_app(env) as app:
+        yield app
 
 
-def test_api_key_guards_detect_but_not_probes(guarded_server: ServerProcess) -> None:
+def test_api_key_guards_detect_but_not_probes(guarded_server: TestClient) -> None:
     anonymous = guarded_server.post("/api/v1/detect/", files={"file": FACE})
     assert anonymous.status_code == 401 and anonymous.json()["error_code"] == "UNAUTHORIZED"
     assert anonymous.headers["www-authenticate"] == "Bearer"
@@ -51,11 +54,12 @@ def test_api_key_guards_detect_but_not_probes(guarded_server: ServerProcess) -> 
         "/api/v1/detect/", files={"file": FACE}, headers={"Authorization": "Bearer nope"}
     )
     assert wrong.status_code == 401
-    for path in ("/livez", "/readyz", "/api/v1/detect/health", "/api/v1/model/info", "/metrics"):
+    assert guarded_server.post("/detect", files={"file": FACE}).status_code == 401  # the client's too
+    for path in ("/livez", "/readyz", "/api/v1/detect/health", "/api/v1/model/info", "/api/v1/docs"):
         assert guarded_server.get(path).status_code == 200, path
 
 
-def test_rate_limit_answers_429_with_retry_after(guarded_server: ServerProcess) -> None:
+def test_rate_limit_answers_429_with_retry_after(guarded_server: TestClient) -> None:
     key = {"Authorization": "Bearer s3cret"}
     statuses = [
         guarded_server.post("/api/v1/detect/", files={"file": FACE}, headers=key).status_code
@@ -74,7 +78,14 @@ def test_request_id_on_every_answer_and_in_json_logs(server: ServerProcess) -> N
     get = server.get("/api/v1/detect/health")
     ids = [r.headers.get("x-request-id") for r in (ok, bad, get)]
     assert all(ids) and len(set(ids)) == 3
-    lines = [json.loads(line) for line in server.log(tail=10**7).splitlines() if line.startswith("{")]
+    # The client's own id is kept (to follow a request across systems); a malformed one is not.
+    assert (
+        server.get("/livez", headers={"X-Request-ID": "abc-123.X_9"}).headers["x-request-id"] == "abc-123.X_9"
+    )
+    assert server.get("/livez", headers={"X-Request-ID": "a b;c"}).headers["x-request-id"] != "a b;c"
+    # Whole lines only: the server may be writing the last one as we read.
+    written = server.log(tail=10**7).rpartition("\n")[0]
+    lines = [json.loads(line) for line in written.splitlines() if line.startswith("{")]
     assert lines, "no JSON log lines"
     assert {"time", "level", "message"} <= set(lines[-1])
     assert ids[0] in {line.get("request_id") for line in lines}
@@ -118,7 +129,12 @@ def test_requests_past_the_in_flight_cap_get_503_with_retry_after() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
         await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
 
-    middleware = AccessMiddleware(slow_app, guarded=("/d",), api_key=None, rate_limits="", max_in_flight=2)
+    from serving.edge import EdgeMiddleware
+
+    access = AccessMiddleware(slow_app, guarded=("/d",), api_key=None, rate_limits="", max_in_flight=2)
+    middleware = EdgeMiddleware(
+        access, file_limit=lambda path: 1024, drain_bytes=1024, upload_timeout_s=5, request_timeout_s=5
+    )
 
     async def call() -> tuple[int, dict]:
         sent: list[dict] = []
@@ -126,7 +142,8 @@ def test_requests_past_the_in_flight_cap_get_503_with_retry_after() -> None:
         async def send(message: dict) -> None:
             sent.append(message)
 
-        await middleware({"type": "http", "path": "/d", "method": "POST", "headers": []}, None, send)
+        scope = {"type": "http", "path": "/d", "method": "POST", "headers": []}
+        await middleware(scope, None, send)  # type: ignore[arg-type]
         return sent[0]["status"], dict(sent[0]["headers"])
 
     async def scenario() -> list[tuple[int, dict]]:
@@ -138,4 +155,4 @@ def test_requests_past_the_in_flight_cap_get_503_with_retry_after() -> None:
     results = asyncio.run(scenario())
     assert sorted(status for status, _ in results) == [200, 200, 503, 503, 503]
     assert all(headers[b"retry-after"] == b"2" for status, headers in results if status == 503)
-    assert middleware.in_flight == 0
+    assert access.in_flight == 0

@@ -1,20 +1,22 @@
-"""Faces first, end to end: real photos with known face counts through the running server."""
+"""Faces first: real photos with known face counts through the service (its ASGI app, in
+process, with the real detector and a small real model)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from starlette.testclient import TestClient
 
-from tests.helpers import FIXTURES, ServerProcess
+from tests.helpers import FIXTURES
 
 EXPECTED = json.loads((FIXTURES / "faces.json").read_text())
 # MTCNN misses a face in profile and one looking down on sample2 (see tests/test_faces.py).
 FOUND = {**EXPECTED, "faceapi_sample2.jpg": 1}
 
 
-def _post(server: ServerProcess, name: str, path: str = "/api/v1/detect/", **fields: str) -> dict:
-    response = server.post(
+def _post(app: TestClient, name: str, path: str = "/api/v1/detect/", **fields: str) -> dict:
+    response = app.post(
         path, files={"file": (name, (FIXTURES / name).read_bytes(), "image/jpeg")}, data=fields
     )
     assert response.status_code == 200, response.text
@@ -22,8 +24,8 @@ def _post(server: ServerProcess, name: str, path: str = "/api/v1/detect/", **fie
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_every_face_is_judged(server: ServerProcess, name: str) -> None:
-    body = _post(server, name)
+def test_every_face_is_judged(app: TestClient, name: str) -> None:
+    body = _post(app, name)
     faces = body["faces"]
     assert len(faces) == FOUND[name]
     assert body["face_detected"] is bool(faces)
@@ -41,18 +43,18 @@ def test_every_face_is_judged(server: ServerProcess, name: str) -> None:
             )
 
 
-def test_exif_rotated_portrait_is_found_upright(server: ServerProcess) -> None:
-    rotated = _post(server, "astronaut_exif_orientation6.jpg")["faces"]
-    upright = _post(server, "astronaut.jpg")["faces"]
+def test_exif_rotated_portrait_is_found_upright(app: TestClient) -> None:
+    rotated = _post(app, "astronaut_exif_orientation6.jpg")["faces"]
+    upright = _post(app, "astronaut.jpg")["faces"]
     assert len(rotated) == len(upright) == 1
     # the same face, at the same place of the upright image
     assert rotated[0]["box"] == pytest.approx(upright[0]["box"], abs=6)
 
 
-def test_no_face_falls_back_or_refuses(server: ServerProcess) -> None:
-    fallback = _post(server, "coffee_no_face.jpg")
+def test_no_face_falls_back_or_refuses(app: TestClient) -> None:
+    fallback = _post(app, "coffee_no_face.jpg")
     assert fallback["face_detected"] is False and fallback["prediction"] in ("real", "fake")
-    response = server.post(
+    response = app.post(
         "/api/v1/detect/",
         files={"file": ("c.jpg", (FIXTURES / "coffee_no_face.jpg").read_bytes(), "image/jpeg")},
         data={"require_face": "true"},
@@ -61,8 +63,8 @@ def test_no_face_falls_back_or_refuses(server: ServerProcess) -> None:
     assert response.json()["error_code"] == "NO_FACE"
 
 
-def test_augmented_votes_per_face(server: ServerProcess) -> None:
-    body = _post(server, "faceapi_sample4.jpg", "/api/v1/detect/augmented")
+def test_augmented_votes_per_face(app: TestClient) -> None:
+    body = _post(app, "faceapi_sample4.jpg", "/api/v1/detect/augmented")
     assert body["face_detected"] is True and len(body["faces"]) == 4
     assert len(body["original_prediction"]["faces"]) == 4
     deciding = max(body["faces"], key=lambda f: f["fake_probability"])

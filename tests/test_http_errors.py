@@ -1,18 +1,19 @@
-"""Every fault of the client's making answers a 4xx in the legacy error shape, and the server
-keeps serving; a model that cannot serve answers 503, never a crash."""
+"""Every fault of the client's making answers a 4xx in the legacy error shape, and the service
+keeps serving; a model that cannot serve answers 503, never a crash. In process (the service's
+ASGI app, tests/inprocess.py): these are route and error-body checks."""
 
 from __future__ import annotations
 
-import concurrent.futures
-import time
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import bentoml
-import httpx
 import pytest
+from starlette.testclient import TestClient
 
-from tests.helpers import ServerProcess, image_bytes, png_bomb
+from tests.helpers import image_bytes, png_bomb
+from tests.inprocess import service_app
 
 JPEG = image_bytes("JPEG", size=(200, 150))
 DETECT = "/api/v1/detect/"
@@ -89,96 +90,80 @@ CASES = [
 ]
 
 
+# The old backend's exact strings, which its clients compare (CONTRACT.md).
+LEGACY_ERRORS = {"MISSING_FILE": "No file provided", "EMPTY_FILE": "No selected file"}
+
+
 @pytest.mark.parametrize(("case", "kwargs", "status", "code"), CASES, ids=[c[0] for c in CASES])
 def test_client_faults_answer_4xx_in_the_legacy_shape(
-    server: ServerProcess, case: str, kwargs: dict, status: int, code: str
+    app: TestClient, case: str, kwargs: dict, status: int, code: str
 ) -> None:
     if case == "url instead of a file":  # a text part named `file`, no file part
         kwargs = {
             "content": _multipart("b0undary", [("file", None, b"http://127.0.0.1:1/secret.jpg")]),
             "headers": {"content-type": "multipart/form-data; boundary=b0undary"},
         }
-    response = server.post(DETECT, **kwargs)
+    response = app.post(DETECT, **kwargs)
     assert response.status_code == status, response.text
     body = response.json()
     assert body["error_code"] == code and body["error"] and body["timestamp"]
-    assert server.get("/api/v1/detect/health").status_code == 200  # still serving
+    if code in LEGACY_ERRORS:
+        assert body["error"] == LEGACY_ERRORS[code] and body["details"]
+    assert app.get("/api/v1/detect/health").status_code == 200  # still serving
 
 
-def test_routes_and_methods(server: ServerProcess) -> None:
+def test_routes_and_methods(app: TestClient) -> None:
     for method, path, status, code in [
         ("GET", DETECT, 405, "METHOD_NOT_ALLOWED"),
         ("PUT", "/api/v1/detect/augmented", 405, "METHOD_NOT_ALLOWED"),
         ("GET", "/api/v2/nothing", 404, "NOT_FOUND"),
+        ("GET", "/detect", 405, "METHOD_NOT_ALLOWED"),  # the Python client's route is POST
+        ("POST", "/livez", 405, "METHOD_NOT_ALLOWED"),
     ]:
-        response = httpx.request(method, f"{server.url}{path}")
+        response = app.request(method, path)
         assert response.status_code == status
         assert response.json()["error_code"] == code
+        if status == 405:
+            assert response.headers["allow"]
 
 
-def test_augmented_route_refuses_the_same_way(server: ServerProcess) -> None:
-    response = server.post("/api/v1/detect/augmented", files={"file": ("a.txt", b"hello", "text/plain")})
+def test_augmented_route_refuses_the_same_way(app: TestClient) -> None:
+    response = app.post("/api/v1/detect/augmented", files={"file": ("a.txt", b"hello", "text/plain")})
     assert (response.status_code, response.json()["error_code"]) == (415, "UNSUPPORTED_FORMAT")
 
 
-def test_chunked_upload_over_the_limit(server: ServerProcess) -> None:
+def test_chunked_upload_over_the_limit(app: TestClient) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'--zz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
         for _ in range(12):
             yield b"\xff" * (1024 * 1024)
 
-    response = server.post(
+    response = app.post(
         DETECT, content=chunks(), headers={"content-type": "multipart/form-data; boundary=zz"}
     )
     assert (response.status_code, response.json()["error_code"]) == (413, "FILE_TOO_LARGE")
 
 
-def test_a_model_that_cannot_serve_answers_503(served_tag: str) -> None:
-    """A corrupt model file: the server starts, says why, is not ready, and answers 503."""
+def test_a_model_that_cannot_serve_answers_503(served_tag: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A corrupt model file: the service starts, says why in one line, is not ready, and answers
+    503 (the model service runs in this process here, so its log is caplog's)."""
     stored = bentoml.models.get(served_tag)
     with bentoml.models.create("broken_model", metadata=stored.info.metadata) as broken:
         pass
     Path(bentoml.models.get(broken.tag).path_of("model.keras")).write_bytes(b"corrupt")
-    with ServerProcess(env={"DEEPFAKE_MODEL_TAG": str(broken.tag)}, ready_path="/livez") as server:
-        deadline = time.monotonic() + 60
-        while "failed to load" not in (health := server.get("/api/v1/detect/health")).text:
-            assert time.monotonic() < deadline, health.text
-            time.sleep(0.5)
-        startup_log = server.log(tail=10**6)
-        assert "failed to load" in startup_log and "Traceback" not in startup_log  # one clear line
-        assert server.get("/readyz").status_code == 503
+    with (
+        caplog.at_level(logging.INFO, "deepfake"),
+        service_app({"DEEPFAKE_MODEL_TAG": str(broken.tag)}) as app,
+    ):
+        health = app.get("/api/v1/detect/health")
+        loading = [r for r in caplog.records if "failed to load" in r.getMessage()]
+        assert len(loading) == 1 and not loading[0].exc_info  # one clear line, no traceback
+        assert app.get("/readyz").status_code == 503
         assert health.status_code == 503
         assert health.json()["status"] == "unhealthy" and health.json()["model_loaded"] is False
         assert "failed to load" in health.json()["error"]
-        detect = server.post(DETECT, files={"file": ("a.jpg", JPEG, "image/jpeg")})
+        detect = app.post(DETECT, files={"file": ("a.jpg", JPEG, "image/jpeg")})
         assert (detect.status_code, detect.json()["error_code"]) == (503, "MODEL_UNAVAILABLE")
         assert detect.headers["retry-after"]
-        assert server.get("/api/v1/model/info").status_code == 503, server.log()
-
-
-def test_calls_the_model_service_sheds_answer_503_service_overloaded(tmp_path: Path) -> None:
-    """Past max_latency_ms the model service drops queued calls (a bare 503); that is
-    overload, not a broken model: SERVICE_OVERLOADED with Retry-After, and the server goes on."""
-    from model_import import import_model
-    from tests.helpers import build_slow_classifier
-
-    path = tmp_path / "shed.keras"
-    build_slow_classifier().save(path)
-    env = {
-        "DEEPFAKE_MODEL_TAG": import_model(path, name="shed_classifier"),
-        "DEEPFAKE_FACE_DETECTION": "false",
-        "DEEPFAKE_MAX_LATENCY_MS": "1",  # any call that has to queue is shed
-    }
-    with ServerProcess(env=env) as server:
-
-        def one(_: int) -> httpx.Response:
-            return server.post(DETECT, files={"file": ("a.jpg", JPEG, "image/jpeg")})
-
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            answers = list(pool.map(one, range(48)))
-        shed = [a for a in answers if a.status_code == 503]
-        assert shed, "nothing was shed: the test did not overload the model"
-        assert {a.json()["error_code"] for a in shed} == {"SERVICE_OVERLOADED"}
-        assert all(a.headers["retry-after"] for a in shed)
-        assert {a.status_code for a in answers} <= {200, 503}
-        assert one(0).status_code == 200  # alone again: served
+        info = app.get("/api/v1/model/info")
+        assert (info.status_code, info.json()["error_code"]) == (503, "MODEL_UNAVAILABLE")

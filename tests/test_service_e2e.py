@@ -1,17 +1,18 @@
-"""End to end: a real `bentoml serve` of a legacy-style FaceNet .h5 file imported by
-model_import.py, called over plain HTTP at the legacy paths and through SyncHTTPClient."""
+"""A legacy-style FaceNet .h5 file imported by model_import.py and served: the legacy routes'
+bodies in process (the service's ASGI app), and over a real `bentoml serve` what needs one:
+the Python client (SyncHTTPClient) and adaptive batching across concurrent requests."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import bentoml
-import httpx
 import numpy as np
 import pytest
+from starlette.testclient import TestClient
 
 from modeling.loading import load_classifier
 from modeling.spec import ModelSpec
@@ -19,7 +20,7 @@ from preprocessing.decode import DecodeLimits
 from preprocessing.faces import FaceDetector
 from preprocessing.tensor import normalize
 from serving.pipeline import DetectionPipeline
-from tests.helpers import FIXTURES, ServerProcess, build_slow_classifier, image_bytes
+from tests.helpers import FIXTURES, ServerProcess, image_bytes
 
 ISO_8601 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 
@@ -41,10 +42,10 @@ def in_process(served_tag: str) -> Callable[[bytes], np.ndarray]:
 
 @pytest.mark.parametrize("path", ["/api/v1/detect/", "/api/v1/detect"])
 def test_detect_answers_the_legacy_body(
-    server: ServerProcess, served_tag: str, path: str, in_process: Callable[[bytes], np.ndarray]
+    app: TestClient, served_tag: str, path: str, in_process: Callable[[bytes], np.ndarray]
 ) -> None:
     data = image_bytes("JPEG", size=(300, 200), seed=3)
-    response = server.post(path, files={"file": ("face.jpg", data, "image/jpeg")})
+    response = app.post(path, files={"file": ("face.jpg", data, "image/jpeg")})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["prediction"] in ("real", "fake")
@@ -59,14 +60,14 @@ def test_detect_answers_the_legacy_body(
     assert body["model_tag"] == served_tag
 
 
-def test_detect_on_a_real_face_photo(server: ServerProcess) -> None:
+def test_detect_on_a_real_face_photo(app: TestClient) -> None:
     face = FIXTURES / "astronaut_face.png"
-    response = server.post("/api/v1/detect/", files={"file": (face.name, face.read_bytes(), "image/png")})
+    response = app.post("/api/v1/detect/", files={"file": (face.name, face.read_bytes(), "image/png")})
     assert response.status_code == 200 and 0.5 <= response.json()["confidence"] <= 1.0
 
 
-def test_detect_augmented(server: ServerProcess) -> None:
-    response = server.post(
+def test_detect_augmented(app: TestClient) -> None:
+    response = app.post(
         "/api/v1/detect/augmented", files={"file": ("x.png", image_bytes("PNG"), "image/png")}
     )
     assert response.status_code == 200, response.text
@@ -96,17 +97,17 @@ def test_detect_augmented(server: ServerProcess) -> None:
     assert 0.0 <= body["average_confidence"] <= 1.0 and body["processing_time"] > 0
 
 
-def test_health_get_and_probes(server: ServerProcess) -> None:
-    response = server.get("/api/v1/detect/health")
+def test_health_get_and_probes(app: TestClient) -> None:
+    response = app.get("/api/v1/detect/health")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "healthy" and body["model_loaded"] is True
     assert ISO_8601.match(body["timestamp"])
-    assert server.get("/livez").status_code == 200 and server.get("/readyz").status_code == 200
+    assert app.get("/livez").status_code == 200 and app.get("/readyz").status_code == 200
 
 
-def test_model_info_tells_the_truth(server: ServerProcess, served_tag: str) -> None:
-    response = server.get("/api/v1/model/info")
+def test_model_info_tells_the_truth(app: TestClient, served_tag: str) -> None:
+    response = app.get("/api/v1/model/info")
     assert response.status_code == 200
     info = response.json()
     stored = bentoml.models.get(served_tag)
@@ -123,24 +124,40 @@ def test_model_info_tells_the_truth(server: ServerProcess, served_tag: str) -> N
     assert info["source"]["format"] == "h5"
 
 
-def test_sync_http_client_methods(server: ServerProcess, tmp_path: Path, served_tag: str) -> None:
-    image = tmp_path / "face.jpg"
+def test_sync_http_client_methods(server: ServerProcess, tmp_path: Path, slow_tag: str) -> None:
+    image = tmp_path / ("a" * 246 + ".jpg")  # a name BentoML alone could not store (ENAMETOOLONG)
     image.write_bytes(image_bytes("JPEG", seed=5))
     with bentoml.SyncHTTPClient(server.url) as client:
         detected = client.detect(file=image)
+        with pytest.raises(bentoml.exceptions.UnprocessableEntity) as refused:
+            client.detect(file=image, require_face=True)  # noise has no face
         augmented = client.detect_augmented(file=image)
         health = client.health()
         info = client.model_info()
-    assert detected["prediction"] in ("real", "fake") and detected["model_tag"] == served_tag
+    assert detected["prediction"] in ("real", "fake") and detected["model_tag"] == slow_tag
+    assert '"error_code":"NO_FACE"' in str(refused.value).replace(" ", "")  # the legacy body
     assert len(augmented["augmented_predictions"]) == 6
     assert health["status"] == "healthy"
-    assert info["tag"] == served_tag
+    assert info["tag"] == slow_tag
 
 
-def test_docs_and_openapi(server: ServerProcess) -> None:
-    assert "swagger" in server.get("/api/v1/docs").text.lower()
-    assert server.get("/").status_code == 200
-    spec = server.get("/docs.json").json()
+def test_python_client_routes_keep_the_upload_policy(server: ServerProcess) -> None:
+    """What BentoML's own parser would take (a URL in the file field, an extra field) is refused
+    on the client's routes too, in the legacy shape, before BentoML parses the body."""
+    url_as_file = server.post("/detect", files={"file": (None, "http://127.0.0.1:1/secret.jpg")})
+    assert (url_as_file.status_code, url_as_file.json()["error_code"]) == (400, "BAD_REQUEST")
+    extra = server.post(
+        "/detect", files={"file": ("a.jpg", image_bytes("JPEG"), "image/jpeg")}, data={"debug": "1"}
+    )
+    assert (extra.status_code, extra.json()["error_code"]) == (400, "BAD_REQUEST")
+    as_json = server.post("/detect", json={"file": "http://127.0.0.1:1/secret.jpg"})
+    assert (as_json.status_code, as_json.json()["error_code"]) == (400, "BAD_REQUEST")
+
+
+def test_docs_and_openapi(app: TestClient) -> None:
+    assert "swagger" in app.get("/api/v1/docs").text.lower()
+    assert app.get("/").status_code == 200
+    spec = app.get("/docs.json").json()
     paths = spec["paths"]
     for path, method in [
         ("/api/v1/detect/", "post"),
@@ -154,9 +171,9 @@ def test_docs_and_openapi(server: ServerProcess) -> None:
     assert "multipart/form-data" in detect_body
 
 
-def test_cors_is_open(server: ServerProcess) -> None:
-    response = httpx.options(
-        f"{server.url}/api/v1/detect/",
+def test_cors_is_open(app: TestClient) -> None:
+    response = app.options(
+        "/api/v1/detect/",
         headers={"Origin": "https://example.org", "Access-Control-Request-Method": "POST"},
     )
     assert response.status_code == 200
@@ -177,21 +194,8 @@ def _batch_histogram(server: ServerProcess) -> tuple[float, float]:
     return values["count"], values["sum"]
 
 
-@pytest.fixture(scope="module")
-def slow_model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Greedy batching merges requests only while the model is busy: with the tiny test model
-    the model idles between requests, so this server runs a slower one (faces off)."""
-    from model_import import import_model
-
-    path = tmp_path_factory.mktemp("slow") / "slow.keras"
-    build_slow_classifier().save(path)
-    tag = import_model(path, name="slow_classifier")
-    with ServerProcess(env={"DEEPFAKE_MODEL_TAG": tag, "DEEPFAKE_FACE_DETECTION": "false"}) as running:
-        yield running
-
-
-def test_concurrent_requests_are_merged_into_batches(slow_model_server: ServerProcess) -> None:
-    server = slow_model_server
+def test_concurrent_requests_are_merged_into_batches(server: ServerProcess) -> None:
+    """The shared server runs the slow model: requests queue behind it and merge."""
     batches_before, images_before = _batch_histogram(server)
     data = image_bytes("JPEG", size=(640, 480), seed=7)
 

@@ -1,0 +1,180 @@
+"""The public HTTP app mounted on the service: the legacy routes' documentation, the API docs
+pages, and the answer for every path or method no route takes.
+
+The legacy routes themselves are methods of the service (service.py), registered on its app
+with the declarations below; `add_docs_and_fallback` must run after the service class is
+defined (BentoML re-registers class-method routes at the end of the app when it decorates it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Match, Route
+
+from preprocessing import errors
+from preprocessing.errors import InputError
+from serving import __version__
+from serving.errors import MethodNotAllowed, NotFound, ServiceError, error_response, unexpected
+from serving.schemas import ErrorResponse
+
+T = TypeVar("T", bound=BaseModel)
+
+DESCRIPTION = """\
+Is a face in this photo real or fake? Upload an image; every face in it is found, cut out and
+judged by the served classifier, and the image is judged by its faces.
+
+The routes under `/api/v1` keep the contract of the old Flask backend (fields, casing, error
+shape `{"error", "error_code", "timestamp"}`). Errors of the client's making answer 4xx; a 5xx
+is a fault of the server's own. The Python client (`bentoml.SyncHTTPClient`) uses the same
+pipeline through `/detect`, `/detect_augmented`, `/health` and `/model_info` (see `/schema.json`).
+"""
+
+
+def make_app() -> FastAPI:
+    """The app the service mounts at "/", with the legacy error shape for its own faults."""
+    app = FastAPI(
+        title="Deepfake detection API",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,
+    )
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    return app
+
+
+# Every error status a detect route answers with, for the OpenAPI spec (in the legacy shape).
+ERROR_STATUSES: dict[int, str] = {
+    400: "No file (MISSING_FILE), an empty file (EMPTY_FILE), a corrupt image, a malformed form",
+    401: "API key missing or wrong (only when DEEPFAKE_API_KEY is set)",
+    408: "The upload did not complete in time",
+    413: "Upload over the byte limit, or image over the pixel limit",
+    415: "Not an image in a supported format",
+    422: "No face found and require_face was asked for",
+    429: "Rate limited (only when DEEPFAKE_RATE_LIMITS is set); see Retry-After",
+    500: "A fault of the server's own",
+    503: "At capacity (SERVICE_OVERLOADED) or the model cannot serve (MODEL_UNAVAILABLE); see Retry-After",
+    504: "Not answered within the request timeout",
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text} for status, text in ERROR_STATUSES.items()
+}
+
+
+def form_body(fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The OpenAPI request body of a multipart route: `file` plus the given text fields."""
+    properties = {"file": {"type": "string", "format": "binary", "description": "The image (JPEG, PNG, ...)"}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"], "properties": {**properties, **fields}}
+                }
+            },
+        }
+    }
+
+
+REQUIRE_FACE = {
+    "type": "boolean",
+    "description": "true: no face is a 422 NO_FACE; false: an answer that says so; default: the setting",
+}
+
+
+async def answer(work: Awaitable[T], where: str) -> T | JSONResponse:
+    """The route's result, or its error as the legacy answer (a 500 for faults of ours)."""
+    try:
+        return await work
+    except (InputError, ServiceError) as exc:
+        return error_response(exc, where)
+    except Exception as exc:  # noqa: BLE001 - a fault of ours: logged, answered, never a dead worker
+        return error_response(unexpected(exc, where), where)
+
+
+async def answer_json(work: Awaitable[BaseModel], where: str) -> Response:
+    """`answer` for the mounted app's routes: the result as a JSON response."""
+    result = await answer(work, where)
+    if isinstance(result, Response):
+        return result
+    return JSONResponse(result.model_dump(mode="json"))
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    error: ServiceError | InputError
+    if exc.status_code == 405:
+        error = MethodNotAllowed([m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m])
+    elif exc.status_code == 404:
+        error = NotFound()
+    else:
+        error = InputError(exc.status_code, "BAD_REQUEST", str(exc.detail))
+    return error_response(error, f"{request.method} {request.url.path}")
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    return error_response(errors.bad_request(f"Invalid request: {exc.errors()[:1]}"), request.url.path)
+
+
+def add_docs_and_fallback(app: FastAPI, other_routes: Iterable[tuple[str, set[str]]]) -> None:
+    """The API docs (our spec, Swagger UI from a local copy), then the answer for every path no
+    route takes: 405 where another method would do (for this app's routes and `other_routes`,
+    the service's own routes that BentoML serves), else 404. Call it last."""
+    import swagger_ui_bundle
+
+    app.mount(
+        "/api/v1/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets"
+    )
+
+    @app.get("/docs.json", include_in_schema=False)
+    async def openapi_spec() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/docs.json",
+            title=app.title,
+            swagger_js_url="/api/v1/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/api/v1/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/api/v1/docs/assets/favicon-32x32.png",
+        )
+
+    app.add_api_route("/api/v1/docs", swagger_ui, include_in_schema=False)
+    app.add_api_route("/", swagger_ui, include_in_schema=False)
+
+    # An ASGI object, not a function: Starlette then matches it for every method.
+    app.router.routes.append(Route("/{path:path}", _Fallback(list(app.routes), other_routes)))
+
+
+class _Fallback:
+    """The answer for a path no route took: 405 (with Allow) where another method would do,
+    else 404."""
+
+    METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+    def __init__(self, routes: list[Any], others: Iterable[tuple[str, set[str]]]) -> None:
+        self.routes = routes
+        self.others = [(path, set(methods)) for path, methods in others]
+
+    def allowed(self, scope: dict[str, Any]) -> set[str]:
+        allowed = {m for path, methods in self.others if path == scope["path"] for m in methods}
+        for method in self.METHODS:  # only BaseRoute.matches: it works for every kind of route
+            if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in self.routes):
+                allowed.add(method)
+        return allowed
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        allowed = self.allowed(scope)
+        error = MethodNotAllowed(sorted(allowed)) if allowed else NotFound()
+        await error_response(error, f"{scope['method']} {scope['path']}")(scope, receive, send)
