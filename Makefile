@@ -64,7 +64,8 @@ base-image:
 	bash deploy/scripts/base-image.sh
 
 # bentoml build + bentoml containerize; the model (DEEPFAKE_MODEL_TAG, default the latest
-# import) is packed into the image.
+# import) is packed into the image. Without a Docker engine or a registry it builds the base
+# image first (base-image), by itself.
 image: model
 	IMAGE_TAG='$(IMAGE_TAG)' bash deploy/scripts/image.sh
 

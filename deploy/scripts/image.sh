@@ -55,7 +55,12 @@ log "bento $BENTO_TAG, model $model_tag, ${from_line}"
 
 base=$(awk '/^FROM/ { print $2; exit }' "$bento_dir/env/docker/Dockerfile")
 if ! oci_image_exists "$base" && ! oci_image_exists "docker.io/library/$base"; then
-    log "note: $base is not present locally; the builder will pull it (no registry? run make base-image)"
+    # Without a Docker engine the builder would pull it, and a host that reaches only package
+    # mirrors cannot: pull if a registry answers, else build it from the apt mirror.
+    if [ "$OCI_ENGINE" != docker ] && ! timeout 60 podman pull -q "docker.io/library/$base" >/dev/null 2>&1; then
+        log "$base is not present and no registry answers: building it from the apt mirror (base-image.sh)"
+        BASE_TAG="docker.io/library/$base" bash "$(dirname "$0")/base-image.sh"
+    fi
 fi
 
 # 2. The image.
