@@ -25,7 +25,8 @@ if ! browser_present; then
         log "installing chromium and chromium-driver (apt)"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
-        apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+        # Wait for a dpkg lock held by another install instead of failing at once.
+        apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends chromium chromium-driver >/dev/null
         browser_present || { log "chromium installed but chromium/chromedriver not on PATH"; exit 1; }
     fi
 fi

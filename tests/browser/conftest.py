@@ -37,6 +37,16 @@ CHROMIUM_FLAGS = (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "uses_up_rate_limit: runs after every other test of the session")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A test that uses up the shared server's rate limit would fail any test after it (for
+    # up to a minute): it runs last, whatever the file order.
+    items.sort(key=lambda item: item.get_closest_marker("uses_up_rate_limit") is not None)
+
+
 def missing_browser() -> str | None:
     """What of chromium, chromedriver and selenium is missing, or None."""
     missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]

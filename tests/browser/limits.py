@@ -1,6 +1,6 @@
 """The settings of the server the page talks to: a byte limit small enough to exceed with a
-photo, and a rate limit above what the other tests send (the rate-limit test, last, uses up
-the rest)."""
+photo, and a rate limit above what the other tests send (the rate-limit test uses up the
+rest, after every other test: the `uses_up_rate_limit` marker)."""
 
 from __future__ import annotations
 

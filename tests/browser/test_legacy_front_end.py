@@ -2,7 +2,8 @@
 server: what its user sees, read off the page (CONTRACT.md, "What the old web front end reads").
 
 The served model is `colour_model`: the face reads real, the flag's blue field fake, so both
-consensus badges are shown. The rate-limit test uses up the server's limit: it stays last.
+consensus badges are shown. The rate-limit test uses up the server's limit: it runs last
+(the `uses_up_rate_limit` marker, see conftest.py).
 """
 
 from __future__ import annotations
@@ -151,6 +152,7 @@ def use_up_rate_limit(api: ServerProcess) -> None:
     raise AssertionError("the rate limit window kept resetting")
 
 
+@pytest.mark.uses_up_rate_limit
 def test_rate_limited_shows_analysis_failed(tabs: tuple[Tab, Tab], legacy_api: ServerProcess) -> None:
     general, _ = tabs
     general.upload(PHOTO)
