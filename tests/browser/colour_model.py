@@ -3,7 +3,8 @@
 P(real) = sigmoid(GAIN * (mean(R - B) - MIN_WARMTH)) on [0, 1] pixels: warm crops (skin, the
 orange suit) read real, neutral or blue ones (a black helmet, the flag's blue field) fake,
 and a grey variant (R = B) always fake. So one server shows the old front end both a FAKE
-and a REAL consensus, and a REAL one with a fake row among real ones, whatever the seed."""
+and a REAL consensus, and a REAL one with a fake row (grayscale) among real ones: by design,
+not by a random network's chance."""
 
 from __future__ import annotations
 
