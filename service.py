@@ -250,7 +250,7 @@ class DeepfakeDetector:
     # ---- The Python client's routes (bentoml.SyncHTTPClient builds its methods from these).
     @bentoml.api(route="/detect")
     async def detect(self, file: Path, require_face: bool | None = None) -> DetectResponse:
-        """Judge every face in one image; the image is as fake as its most-fake face."""
+        """Judge every face in one image; the image by its most-fake face (see the legacy route)."""
         return await answer(self.pipeline.detect(file.read_bytes(), require_face), "POST /detect")
 
     @bentoml.api(route="/detect_augmented")

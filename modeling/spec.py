@@ -4,7 +4,9 @@ it back. Nothing else in the project hard-codes these facts."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -40,14 +42,22 @@ class GroupRule(BaseModel):
     real_logit_std: float | None = Field(None, gt=0.0)
 
 
+# The served probability's decision point: every model's own threshold is mapped onto it.
+DECISION_POINT = 0.5
+_EDGE = 1e-7  # raw outputs are clipped this far inside (0, 1) before taking a logit
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """One image (or face) judged: the label, the probability of that label, and P(fake)."""
+    """One face (or image) judged: the label, the probability of that label, the served P(fake)
+    (the decision is at 0.5: fake when >= 0.5), the model's raw output, and what a person may
+    conclude (`verdict`)."""
 
     prediction: Label
     confidence: float
     fake_probability: float
     raw: float
+    verdict: VerdictName
 
 
 class ModelSpec(BaseModel):
@@ -94,14 +104,47 @@ class ModelSpec(BaseModel):
         return f"P({self.labels[1]})"
 
     def fake_probability(self, raw: float) -> float:
+        """The model's own P(fake) for a raw output (before the decision point is moved)."""
         raw = min(max(float(raw), 0.0), 1.0)
         return raw if self.labels[1] == "fake" else 1.0 - raw
 
+    def logit(self, raw: float) -> float:
+        """The served log-odds of fake: the model's, shifted so that its threshold reads 0.5.
+
+        A threshold t on a calibrated P(fake) is the decision a prior with fake odds (1-t)/t
+        makes at 0.5, so the shift is a change of prior: the served P(fake) is calibrated
+        under the prior that puts the model's decision point at 0.5 (the legacy fields then
+        read coherently: a "real" never under 50 %, the threshold 50 %)."""
+        p = min(max(self.fake_probability(raw), _EDGE), 1.0 - _EDGE)
+        return math.log(p / (1.0 - p)) - math.log(self.threshold / (1.0 - self.threshold))
+
     def judge(self, raw: float) -> Verdict:
-        p_fake = self.fake_probability(raw)
-        if p_fake >= self.threshold:
-            return Verdict("fake", p_fake, p_fake, float(raw))
-        return Verdict("real", 1.0 - p_fake, p_fake, float(raw))
+        return self.judge_logit(self.logit(raw), float(raw))
+
+    def judge_logit(self, logit: float, raw: float = float("nan")) -> Verdict:
+        """The verdict for a served log-odds of fake."""
+        p_fake = 1.0 / (1.0 + math.exp(-logit))
+        label: Label = "fake" if p_fake >= DECISION_POINT else "real"
+        confidence = p_fake if label == "fake" else 1.0 - p_fake
+        return Verdict(label, confidence, p_fake, raw, self.verdict_of(p_fake))
+
+    def verdict_of(self, p_fake: float) -> VerdictName:
+        if p_fake >= self.verdict_bands.fake_from:
+            return "likely_fake"
+        if p_fake <= self.verdict_bands.real_up_to:
+            return "likely_real"
+        return "uncertain"
+
+    def group_shift(self, faces: int) -> float:
+        """How far (in served log-odds) the most-fake of `faces` faces must clear the bar of one
+        face, so that a real photo of that many faces is called fake no more often (Sidak:
+        the largest of n real faces' logits exceeds the (1-alpha)^(1/n) quantile with
+        probability alpha, on the normal fit of real faces' logits)."""
+        std = self.group.real_logit_std
+        if std is None or faces <= 1:
+            return 0.0
+        normal, alpha = NormalDist(), self.group.alpha
+        return std * (normal.inv_cdf((1.0 - alpha) ** (1.0 / faces)) - normal.inv_cdf(1.0 - alpha))
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> ModelSpec:

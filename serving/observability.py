@@ -18,7 +18,7 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("req
 
 @dataclass(frozen=True)
 class DomainMetrics:
-    predictions: Any  # Counter: verdicts by route and label
+    predictions: Any  # Counter: verdicts by route and verdict
     faces: Any  # Histogram: faces found per image
     rejected: Any  # Counter: error answers by status and error code
     batch_seconds: Any  # Histogram: model time per batch
@@ -30,7 +30,7 @@ def metrics() -> DomainMetrics:
     from prometheus_client import Counter, Histogram
 
     return DomainMetrics(
-        predictions=Counter("deepfake_predictions", "Verdicts given, by route and label", ["route", "label"]),
+        predictions=Counter("deepfake_predictions", "Verdicts given, by route", ["route", "verdict"]),
         faces=Histogram(
             "deepfake_faces_per_image", "Faces found per image", buckets=(0, 1, 2, 3, 5, 10, 20, 50)
         ),
@@ -50,8 +50,8 @@ def metrics() -> DomainMetrics:
     )
 
 
-def record_verdict(route: str, prediction: str, faces: int) -> None:
-    metrics().predictions.labels(route=route, label=prediction).inc()
+def record_verdict(route: str, verdict: str, faces: int) -> None:
+    metrics().predictions.labels(route=route, verdict=verdict).inc()
     metrics().faces.observe(faces)
 
 

@@ -18,7 +18,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from modeling.spec import ModelSpec, Verdict
+from modeling.spec import DECISION_POINT, ModelSpec, Verdict
 from preprocessing import errors
 from preprocessing import faces as face_defaults
 from preprocessing.augment import VARIANTS, tta_variants
@@ -28,12 +28,15 @@ from preprocessing.tensor import to_input_array
 from serving.observability import record_verdict
 from serving.schemas import (
     AugmentedDebugInfo,
+    AugmentedFace,
     AugmentedPrediction,
     AugmentedResponse,
     DebugInfo,
     DetectResponse,
     FaceResult,
+    InputKind,
 )
+from serving.verdicts import ImageJudgement, judge_faces, vote
 
 T = TypeVar("T")
 
@@ -53,11 +56,25 @@ class FaceSettings:
 
 @dataclass(frozen=True)
 class Prepared:
-    """What the model is shown: one crop per face, or the whole image when there is none."""
+    """What the model is shown: one crop per face, the upload itself when it is a face crop (or
+    face detection is off), or nothing when no face was found."""
 
     crops: list[np.ndarray]  # (H, W, 3) uint8 each
-    faces: list[Face]  # empty: the single crop is the whole image
+    faces: list[Face]  # the faces the crops were cut from (empty unless kind is "photo")
     image_size: tuple[int, int]  # (width, height) of the decoded, upright image
+    kind: InputKind
+
+
+# An upload at most this many times the model's input side, and about square, is a crop the
+# client cut around one face (the old front end sends 160x160): it is judged as one, as it is.
+FACE_CROP_MAX_SCALE = 2.0
+FACE_CROP_MAX_ASPECT = 1.5
+
+
+def is_face_crop(size: tuple[int, int], input_size: tuple[int, int]) -> bool:
+    width, height = size
+    longest = max(input_size) * FACE_CROP_MAX_SCALE
+    return max(width, height) <= longest and max(width, height) <= FACE_CROP_MAX_ASPECT * min(width, height)
 
 
 class DetectionPipeline:
@@ -97,72 +114,85 @@ class DetectionPipeline:
         height, width = self.spec.input_size
         if self.detector is None:
             image = decode_upload(data, self.limits, draft_size=(width, height))
-            return Prepared([to_input_array(image, self.spec.input_size)], [], image.size)
+            return Prepared([to_input_array(image, self.spec.input_size)], [], image.size, "whole_image")
         # Large JPEGs decode straight to about twice the detection size: enough for the
         # detector and for crops of small faces, at a fraction of a full decode.
         side = 2 * self.faces.max_side
         image = decode_upload(data, self.limits, draft_size=(side, side))
+        if is_face_crop(image.size, self.spec.input_size):
+            return Prepared([to_input_array(image, self.spec.input_size)], [], image.size, "face_crop")
         faces = self.detector.detect(
             image,
             max_side=self.faces.max_side,
             min_score=self.faces.min_score,
             max_faces=self.faces.max_faces,
         )
-        if faces:
-            crops = [
-                to_input_array(
-                    crop_face(
-                        image,
-                        face,
-                        size=(width, height),
-                        margin=self.spec.face_margin,
-                        align=self.spec.face_align,
-                    ),
-                    self.spec.input_size,
-                )
-                for face in faces
-            ]
-            return Prepared(crops, faces, image.size)
-        if self.faces.require if require_face is None else require_face:
+        if not faces and (self.faces.require if require_face is None else require_face):
             raise errors.no_face()
-        return Prepared([to_input_array(image, self.spec.input_size)], [], image.size)
-
-    def _face_results(self, prepared: Prepared, verdicts: list[Verdict]) -> list[FaceResult]:
-        return [
-            FaceResult(
-                box=list(clip_box(face.box, prepared.image_size)),
-                detector_score=face.score,
-                prediction=verdict.prediction,
-                confidence=verdict.confidence,
-                fake_probability=verdict.fake_probability,
+        crops = [
+            to_input_array(
+                crop_face(
+                    image,
+                    face,
+                    size=(width, height),
+                    margin=self.spec.face_margin,
+                    align=self.spec.face_align,
+                ),
+                self.spec.input_size,
             )
-            for face, verdict in zip(prepared.faces, verdicts, strict=False)
+            for face in faces
         ]
+        return Prepared(crops, faces, image.size, "photo")
 
-    def _detect_response(self, prepared: Prepared, verdicts: list[Verdict], started: float) -> DetectResponse:
-        # The image is as fake as its most-fake face.
-        deciding = max(verdicts, key=lambda v: v.fake_probability)
+    def _boxes(self, prepared: Prepared) -> list[tuple[list[int], float | None]]:
+        """(box, detector score) of each crop: the face's, or the whole upload's."""
+        if prepared.kind != "photo":  # the upload itself was the crop
+            width, height = prepared.image_size
+            return [([0, 0, width, height], None)]
+        return [(list(clip_box(face.box, prepared.image_size)), face.score) for face in prepared.faces]
+
+    def _detect_response(
+        self, prepared: Prepared, judged: ImageJudgement | None, started: float
+    ) -> DetectResponse:
+        """The image's answer; `judged` None: no face, nothing was shown to the model."""
+        height, width = self.spec.input_size
+        image = judged.image if judged else None
         return DetectResponse(
-            prediction=deciding.prediction,
-            confidence=deciding.confidence,
+            # No face: no evidence either way, so the legacy label is the one that accuses no
+            # one, at the confidence of a coin; `verdict` says why (README, "No face").
+            prediction=image.prediction if image else "real",
+            confidence=image.confidence if image else 0.5,
             processing_time=time.perf_counter() - started,
             debug_info=DebugInfo(
-                input_shape=[len(prepared.crops), *prepared.crops[0].shape],
-                raw_prediction=deciding.raw,
+                input_shape=[len(prepared.crops), height, width, 3],
+                raw_prediction=image.raw if image else None,
                 output_meaning=self.spec.output_meaning,
             ),
-            fake_probability=deciding.fake_probability,
+            fake_probability=image.fake_probability if image else None,
+            verdict=image.verdict if image else "no_face",
             model_tag=self.model_tag,
             face_detected=bool(prepared.faces),
-            faces=self._face_results(prepared, verdicts),
+            input_kind=prepared.kind,
+            face_count=len(judged.faces) if judged else 0,
+            fake_faces=judged.fake_faces if judged else 0,
+            image_size=list(prepared.image_size),
+            faces=[
+                _face_result(box, score, verdict)
+                for (box, score), verdict in zip(self._boxes(prepared), judged.faces, strict=True)
+            ]
+            if judged
+            else [],
         )
 
     async def detect(self, data: bytes, require_face: bool | None = None) -> DetectResponse:
         started = time.perf_counter()
         prepared = await self._off_loop(self.prepare, data, require_face)
-        raw = await self.predict(np.stack(prepared.crops))  # all faces: one call, batched
-        response = self._detect_response(prepared, [self.spec.judge(float(r)) for r in raw], started)
-        record_verdict("detect", response.prediction, len(prepared.faces))
+        judged = None
+        if prepared.crops:
+            raw = await self.predict(np.stack(prepared.crops))  # all faces: one call, batched
+            judged = judge_faces(self.spec, [float(r) for r in raw])
+        response = self._detect_response(prepared, judged, started)
+        record_verdict("detect", response.verdict, len(prepared.faces))
         return response
 
     def augmented_batch(self, data: bytes, require_face: bool | None = None) -> tuple[Prepared, np.ndarray]:
@@ -173,28 +203,27 @@ class DetectionPipeline:
             for crop in prepared.crops
             for _, variant in tta_variants(Image.fromarray(crop))
         ]
-        return prepared, np.stack(variants)
+        height, width = self.spec.input_size
+        return prepared, np.stack(variants) if variants else np.zeros((0, height, width, 3), np.uint8)
 
     async def detect_augmented(self, data: bytes, require_face: bool | None = None) -> AugmentedResponse:
         started = time.perf_counter()
         prepared, batch = await self._off_loop(self.augmented_batch, data, require_face)
-        raw = await self.predict(batch)  # every variant of every face as one batch
+        if not prepared.crops:
+            record_verdict("detect_augmented", "no_face", 0)
+            return self._no_face_augmented(prepared, started)
         names = list(VARIANTS)
-        per_crop = [
-            [self.spec.judge(float(r)) for r in raw[i : i + len(names)]]
-            for i in range(0, len(raw), len(names))
-        ]
-        votes = [self._vote(verdicts) for verdicts in per_crop]
-        deciding = max(range(len(votes)), key=lambda i: votes[i][2])
-        consensus, average, _ = votes[deciding]
-        verdicts = per_crop[deciding]
-        fakes = sum(v.prediction == "fake" for v in verdicts)
-        consensus_faces = [
-            Verdict(label, confidence, p_fake, float("nan")) for label, confidence, p_fake in votes
-        ]
-        record_verdict("detect_augmented", consensus, len(prepared.faces))
+        raw = [float(r) for r in await self.predict(batch)]  # every variant of every face: one batch
+        per_crop = [raw[i : i + len(names)] for i in range(0, len(raw), len(names))]
+        # Each face's own vote; the legacy fields follow the most-fake face, judged against the
+        # bar for a photo of this many faces (as detect judges the image).
+        votes = [vote(self.spec, crop) for crop in per_crop]
+        deciding = max(range(len(votes)), key=lambda i: votes[i].fake_probability)
+        image = vote(self.spec, per_crop[deciding], self.spec.group_shift(len(votes)))
+        record_verdict("detect_augmented", image.verdict, len(prepared.faces))
+        originals = judge_faces(self.spec, [crop[0] for crop in per_crop])
         return AugmentedResponse(
-            original_prediction=self._detect_response(prepared, [v[0] for v in per_crop], started),
+            original_prediction=self._detect_response(prepared, originals, started),
             augmented_predictions=[
                 AugmentedPrediction(
                     augmentation_type=name,
@@ -202,25 +231,62 @@ class DetectionPipeline:
                     confidence=v.confidence,
                     fake_probability=v.fake_probability,
                 )
-                for name, v in zip(names[1:], verdicts[1:], strict=True)
+                for name, v in zip(names[1:], image.variants[1:], strict=True)
             ],
-            consensus_prediction=consensus,
-            average_confidence=average,
+            consensus_prediction="FAKE" if image.consensus == "fake" else "REAL",
+            consensus=image.consensus,
+            average_confidence=image.average_confidence,
             processing_time=time.perf_counter() - started,
             debug_info=AugmentedDebugInfo(
-                predictions_below_threshold=fakes,
-                total_predictions=len(verdicts),
-                threshold=self.spec.threshold,
+                predictions_below_threshold=image.fakes,
+                total_predictions=len(image.variants),
+                threshold=DECISION_POINT,
                 input_size=list(self.spec.input_size),
             ),
+            verdict=image.verdict,
             face_detected=bool(prepared.faces),
-            faces=self._face_results(prepared, consensus_faces),
+            faces=[
+                AugmentedFace(
+                    box=box,
+                    detector_score=score,
+                    prediction=v.consensus,
+                    confidence=v.average_confidence,
+                    fake_probability=v.fake_probability,
+                    verdict=v.verdict,
+                    variants_fake=v.fakes,
+                    spread=v.spread,
+                )
+                for (box, score), v in zip(self._boxes(prepared), votes, strict=True)
+            ],
         )
 
-    @staticmethod
-    def _vote(verdicts: list[Verdict]) -> tuple[str, float, float]:
-        """Majority label, mean probability of that label, mean P(fake)."""
-        fakes = sum(v.prediction == "fake" for v in verdicts)
-        label = "fake" if fakes * 2 > len(verdicts) else "real"
-        p_fake = float(np.mean([v.fake_probability for v in verdicts]))
-        return label, (p_fake if label == "fake" else 1.0 - p_fake), p_fake
+    def _no_face_augmented(self, prepared: Prepared, started: float) -> AugmentedResponse:
+        """No face, nothing judged: the legacy fields at their non-accusing values (see detect)."""
+        return AugmentedResponse(
+            original_prediction=self._detect_response(prepared, None, started),
+            augmented_predictions=[],
+            consensus_prediction="REAL",
+            consensus="real",
+            average_confidence=0.5,
+            processing_time=time.perf_counter() - started,
+            debug_info=AugmentedDebugInfo(
+                predictions_below_threshold=0,
+                total_predictions=0,
+                threshold=DECISION_POINT,
+                input_size=list(self.spec.input_size),
+            ),
+            verdict="no_face",
+            face_detected=False,
+            faces=[],
+        )
+
+
+def _face_result(box: list[int], score: float | None, verdict: Verdict) -> FaceResult:
+    return FaceResult(
+        box=box,
+        detector_score=score,
+        prediction=verdict.prediction,
+        confidence=verdict.confidence,
+        fake_probability=verdict.fake_probability,
+        verdict=verdict.verdict,
+    )

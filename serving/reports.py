@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modeling.spec import ModelSpec
+from modeling.spec import DECISION_POINT, ModelSpec
 from serving.errors import utc_timestamp
 from serving.schemas import HealthResponse, ModelDescription, ModelInfoResponse
 
@@ -26,7 +26,12 @@ def model_info_report(spec: ModelSpec, tag: str, described: ModelDescription) ->
         model_path=described.path,
         labels=list(spec.labels),
         output_meaning=spec.output_meaning,
-        threshold=spec.threshold,
+        threshold=DECISION_POINT,
+        model_threshold=spec.threshold,
+        verdict_bands=spec.verdict_bands.model_dump(),
+        group=spec.group.model_dump(),
+        calibration=spec.calibration,
+        detector=spec.detector,
         normalization=spec.normalization,
         placeholder=spec.placeholder,
         description=spec.description,

@@ -1,7 +1,8 @@
 """Request and response bodies of the public routes (they make the OpenAPI spec).
 
-Every field of the legacy Flask service is kept (CONTRACT.md); new ones are marked as such.
-Labels are lower case everywhere: "real" or "fake"."""
+Every field of the legacy Flask service is kept with its legacy value and casing (CONTRACT.md):
+`prediction` is "real"/"fake", `consensus_prediction` "REAL"/"FAKE". New fields are marked so.
+Probabilities are served with the decision at 0.5 (ModelSpec.logit)."""
 
 from __future__ import annotations
 
@@ -10,32 +11,54 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 Label = Literal["real", "fake"]
+Verdict = Literal["likely_fake", "uncertain", "likely_real", "no_face"]
+# photo: faces were looked for (`faces`); face_crop: the upload is about the model's input size,
+# a crop around a face, judged as one; whole_image: face detection is off (a server setting).
+InputKind = Literal["photo", "face_crop", "whole_image"]
+
+VERDICT = (
+    "What a person may conclude (new): likely_fake / likely_real outside the model's uncertain band "
+    "of P(fake), uncertain inside it, no_face when nothing was judged"
+)
 
 
 class DebugInfo(BaseModel):
     input_shape: list[int] = Field(description="Shape of the tensor sent to the model, e.g. [1, 160, 160, 3]")
-    raw_prediction: float = Field(description="The model's raw sigmoid output; see output_meaning")
+    raw_prediction: float | None = Field(
+        description="The model's raw sigmoid output for the deciding face (null: nothing was judged)"
+    )
     output_meaning: str = Field(description="What the raw output is the probability of (new)")
 
 
 class FaceResult(BaseModel):
     box: list[int] = Field(description="[x, y, width, height] in pixels of the upright image")
-    detector_score: float
+    detector_score: float | None = Field(
+        description="The face detector's score (null for a face crop upload)"
+    )
     prediction: Label
-    confidence: float = Field(description="Probability of this face's label")
-    fake_probability: float
+    confidence: float = Field(description="Probability of this face's label, >= 0.5")
+    fake_probability: float = Field(description="P(fake) of this face; fake when >= 0.5")
+    verdict: Verdict = Field(description=VERDICT)
 
 
 class DetectResponse(BaseModel):
-    """The top-level verdict describes the image: its most-fake face (or the whole image)."""
+    """The top-level verdict describes the image: its most-fake face, against a bar raised with
+    the number of faces, so that a real group photo is not called fake for one face in twenty."""
 
     prediction: Label
-    confidence: float = Field(description="Probability of the predicted label, 0..1")
+    confidence: float = Field(description="Probability of the predicted label, 0.5..1")
     processing_time: float = Field(description="Seconds spent on the request in the server")
     debug_info: DebugInfo
-    fake_probability: float = Field(description="P(fake) of the image: its most-fake face (new)")
+    fake_probability: float | None = Field(
+        description="P(fake) of the image; fake when >= 0.5; null when no face was judged (new)"
+    )
+    verdict: Verdict = Field(description=VERDICT)
     model_tag: str = Field(description="The served model (new)")
-    face_detected: bool = Field(description="False: no face found, the whole image was judged (new)")
+    face_detected: bool = Field(description="A face was found in the upload (new)")
+    input_kind: InputKind = Field(description="How the upload was judged (new)")
+    face_count: int = Field(description="Faces judged (new)")
+    fake_faces: int = Field(description="Faces whose own verdict is fake (new)")
+    image_size: list[int] = Field(description="[width, height] of the upright image, as `box` reads it (new)")
     faces: list[FaceResult] = Field(description="Every face judged, largest first (new)")
 
 
@@ -48,11 +71,18 @@ class AugmentedPrediction(BaseModel):
 
 class AugmentedDebugInfo(BaseModel):
     predictions_below_threshold: int = Field(
-        description="Variants judged fake (for a P(real) model: raw output below the threshold)"
+        description="Variants judged fake (the old service counted P(real) < 0.5)"
     )
     total_predictions: int
-    threshold: float = Field(description="The image is fake when P(fake) >= threshold")
+    threshold: float = Field(description="The decision point of the served P(fake): 0.5")
     input_size: list[int] = Field(description="[height, width] of the model input")
+
+
+class AugmentedFace(FaceResult):
+    """A face's seven variants: their consensus, mean confidence and mean P(fake)."""
+
+    variants_fake: int = Field(description="Variants judged fake, of 7 (new)")
+    spread: float = Field(description="Standard deviation of the variants' P(fake) (new)")
 
 
 class AugmentedResponse(BaseModel):
@@ -60,16 +90,18 @@ class AugmentedResponse(BaseModel):
 
     original_prediction: DetectResponse
     augmented_predictions: list[AugmentedPrediction]
-    consensus_prediction: Label = Field(description="Majority vote of the seven variants")
+    consensus_prediction: Literal["REAL", "FAKE"] = Field(
+        description="Majority vote of the seven variants, upper case as the old service sent it"
+    )
+    consensus: Label = Field(description="The same, lower case like every other label (new)")
     average_confidence: float = Field(
         description="Mean probability of the consensus label over the seven variants"
     )
     processing_time: float
     debug_info: AugmentedDebugInfo
-    face_detected: bool = Field(description="False: no face found, the whole image was judged (new)")
-    faces: list[FaceResult] = Field(
-        description="Per face: the seven variants' consensus, mean confidence and mean P(fake) (new)"
-    )
+    verdict: Verdict = Field(description=VERDICT + "; uncertain when the variants split")
+    face_detected: bool = Field(description="A face was found in the upload (new)")
+    faces: list[AugmentedFace] = Field(description="Per face: its seven variants' vote (new)")
 
 
 class HealthResponse(BaseModel):
@@ -87,7 +119,14 @@ class ModelInfoResponse(BaseModel):
     model_path: str
     labels: list[Label] = Field(description="Class index to label")
     output_meaning: str
-    threshold: float
+    threshold: float = Field(description="The decision point of the served P(fake): 0.5")
+    model_threshold: float = Field(
+        description="The model's own threshold on its P(fake), mapped onto 0.5 by a change of prior (new)"
+    )
+    verdict_bands: dict[str, float] = Field(description="P(fake) bands of likely_real / likely_fake (new)")
+    group: dict[str, Any] = Field(description="The rule for photos of several faces (new)")
+    calibration: dict[str, Any] = Field(description="How the served probability was calibrated (new)")
+    detector: str = Field(description="The face detector the model's training crops came from (new)")
     normalization: str
     placeholder: bool = Field(description="True for an untrained stand-in model")
     description: str

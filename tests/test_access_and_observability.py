@@ -109,7 +109,7 @@ def test_domain_metrics(server: ServerProcess) -> None:
     def grew(name: str, **labels: str) -> float:
         return _metric(after, name, **labels) - _metric(before, name, **labels)
 
-    assert grew("deepfake_predictions_total", route="detect", label=body["prediction"]) == 1
+    assert grew("deepfake_predictions_total", route="detect", verdict=body["verdict"]) == 1
     assert grew("deepfake_predictions_total", route="detect_augmented") == 1
     assert grew("deepfake_rejected_requests_total", status="415", error_code="UNSUPPORTED_FORMAT") == 1
     assert grew("deepfake_faces_per_image_count") == 2

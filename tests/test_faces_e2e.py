@@ -28,11 +28,13 @@ def test_every_face_is_judged(app: TestClient, name: str) -> None:
     body = _post(app, name)
     faces = body["faces"]
     assert len(faces) == FOUND[name]
-    assert body["face_detected"] is bool(faces)
-    # all faces of the photo went to the model as one batch
-    assert body["debug_info"]["input_shape"][0] == max(len(faces), 1)
+    assert body["face_detected"] is bool(faces) and body["input_kind"] == "photo"
+    assert body["face_count"] == len(faces) == body["debug_info"]["input_shape"][0]  # one batch
+    assert body["fake_faces"] == sum(face["prediction"] == "fake" for face in faces)
     if faces:
         most_fake = max(faces, key=lambda f: f["fake_probability"])
+        # This test model has no group rule (imported without real faces' statistics): the
+        # image is its most-fake face (tests/test_verdicts.py checks the rule itself).
         assert body["fake_probability"] == pytest.approx(most_fake["fake_probability"])
         assert body["prediction"] == most_fake["prediction"]
         for face in faces:
@@ -41,6 +43,14 @@ def test_every_face_is_judged(app: TestClient, name: str) -> None:
             assert face["confidence"] == pytest.approx(
                 face["fake_probability"] if face["prediction"] == "fake" else 1 - face["fake_probability"]
             )
+            assert face["confidence"] >= 0.5 and face["verdict"] in (
+                "likely_fake",
+                "uncertain",
+                "likely_real",
+            )
+    else:  # nothing judged: never a verdict without a face
+        assert body["verdict"] == "no_face" and body["fake_probability"] is None
+        assert (body["prediction"], body["confidence"]) == ("real", 0.5)
 
 
 def test_exif_rotated_portrait_is_found_upright(app: TestClient) -> None:
@@ -53,7 +63,10 @@ def test_exif_rotated_portrait_is_found_upright(app: TestClient) -> None:
 
 def test_no_face_falls_back_or_refuses(app: TestClient) -> None:
     fallback = _post(app, "coffee_no_face.jpg")
-    assert fallback["face_detected"] is False and fallback["prediction"] in ("real", "fake")
+    assert fallback["face_detected"] is False and fallback["verdict"] == "no_face"
+    assert fallback["prediction"] == "real" and fallback["confidence"] == 0.5  # accuses no one
+    augmented = _post(app, "coffee_no_face.jpg", "/api/v1/detect/augmented")
+    assert (augmented["verdict"], augmented["consensus_prediction"]) == ("no_face", "REAL")
     response = app.post(
         "/api/v1/detect/",
         files={"file": ("c.jpg", (FIXTURES / "coffee_no_face.jpg").read_bytes(), "image/jpeg")},
@@ -68,6 +81,22 @@ def test_augmented_votes_per_face(app: TestClient) -> None:
     assert body["face_detected"] is True and len(body["faces"]) == 4
     assert len(body["original_prediction"]["faces"]) == 4
     deciding = max(body["faces"], key=lambda f: f["fake_probability"])
-    assert body["consensus_prediction"] == deciding["prediction"]
+    assert body["consensus"] == deciding["prediction"]
+    assert body["consensus_prediction"] == deciding["prediction"].upper()  # the old casing
     assert body["average_confidence"] == pytest.approx(deciding["confidence"])
     assert body["debug_info"]["total_predictions"] == 7 and len(body["augmented_predictions"]) == 6
+
+
+def test_a_face_crop_upload_is_judged_as_one(app: TestClient) -> None:
+    """The old front end sends a 160x160 crop it cut around a face (twice this test model's 64 px
+    input): judged as it is, even when the detector finds no face in it (a crop of the cat)."""
+    from PIL import Image
+
+    from tests.helpers import encode
+
+    cat = Image.open(FIXTURES / "chelsea_cat_no_face.jpg").convert("RGB").crop((100, 20, 228, 148))
+    response = app.post("/api/v1/detect/", files={"file": ("crop.jpg", encode(cat, "JPEG"), "image/jpeg")})
+    body = response.json()
+    assert (body["input_kind"], body["face_count"], body["face_detected"]) == ("face_crop", 1, False)
+    assert body["verdict"] != "no_face" and body["faces"][0]["box"] == [0, 0, 128, 128]
+    assert body["debug_info"]["input_shape"][0] == 1

@@ -162,7 +162,8 @@ def test_a_model_that_cannot_serve_answers_503(served_tag: str, caplog: pytest.L
         assert health.status_code == 503
         assert health.json()["status"] == "unhealthy" and health.json()["model_loaded"] is False
         assert "failed to load" in health.json()["error"]
-        detect = app.post(DETECT, files={"file": ("a.jpg", JPEG, "image/jpeg")})
+        crop = image_bytes("JPEG", size=(100, 100))  # a face crop for this 64 px model: it goes to the model
+        detect = app.post(DETECT, files={"file": ("a.jpg", crop, "image/jpeg")})
         assert (detect.status_code, detect.json()["error_code"]) == (503, "MODEL_UNAVAILABLE")
         assert detect.headers["retry-after"]
         info = app.get("/api/v1/model/info")
