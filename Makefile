@@ -30,7 +30,9 @@ model: $(STAMP)
 serve: model
 	exec $(BIN)/bentoml serve service:DeepfakeDetector --host $(HOST) --port $(PORT)
 
+# The browser tests' Chromium (apt, as root) and selenium, when missing (quick when present).
 test: $(STAMP)
+	VENV=$(VENV) bash scripts/setup-browser.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -16,17 +16,23 @@ log() { echo "setup-browser: $*" >&2; }
 VENV=${VENV:-.venv}
 SELENIUM_REQ=${SELENIUM_REQ:-$(grep -iE '^selenium==' requirements-dev.txt 2>/dev/null || echo selenium==4.51.0)}
 
-browser_present() { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; }
+browser_present() {
+    { command -v chromium || command -v chromium-browser || command -v google-chrome; } >/dev/null 2>&1 &&
+        command -v chromedriver >/dev/null 2>&1
+}
 
 if ! browser_present; then
-    if [ "$(id -u)" != 0 ]; then
+    as_root=()
+    [ "$(id -u)" = 0 ] || as_root=(sudo -n)
+    if [ "${#as_root[@]}" -gt 0 ] && ! sudo -n true 2>/dev/null; then
         log "chromium/chromedriver missing and not root: not installed (browser tests will skip, or fail under CI=true)"
     else
         log "installing chromium and chromium-driver (apt)"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
+        "${as_root[@]}" apt-get update -qq
         # Wait for a dpkg lock held by another install instead of failing at once.
-        apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends chromium chromium-driver >/dev/null
+        "${as_root[@]}" apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends \
+            chromium chromium-driver >/dev/null
         browser_present || { log "chromium installed but chromium/chromedriver not on PATH"; exit 1; }
     fi
 fi

@@ -13,12 +13,16 @@ import importlib.util
 import itertools
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
+import httpx
 from starlette.testclient import TestClient
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, free_port
 
 _count = itertools.count()
 
@@ -64,3 +68,49 @@ def service_app(env: dict[str, str], *, bentoml_metrics: bool = False) -> Iterat
         module.DeepfakeDetector.config["metrics"] = {"enabled": False}
     with TestClient(module.DeepfakeDetector.to_asgi(), raise_server_exceptions=False) as client:
         yield client
+
+
+class ThreadServer:
+    """The service's ASGI app behind uvicorn (the server BentoML's workers run) in a thread of
+    this process: real HTTP for a real browser, without a process start; the model service
+    runs in process. For page tests: batching and faults need `bentoml serve`."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> ThreadServer:
+        import uvicorn
+
+        module = load_service(self.env)
+        module.DeepfakeDetector.config["metrics"] = {"enabled": False}
+        config = uvicorn.Config(
+            module.DeepfakeDetector.to_asgi(),
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            lifespan="on",
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name=f"uvicorn-{self.port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 120
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the in-process server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", timeout=60, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", timeout=60, **kwargs)

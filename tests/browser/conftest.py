@@ -1,5 +1,5 @@
-"""Real headless Chromium (one per session) against one real server, with the test page served
-from another origin. Missing browser: the tests skip, or fail under CI=true (where
+"""Real headless Chromium (one per session) against the service over real HTTP, with the test
+page served from another origin. Missing browser: the tests skip, or fail under CI=true (where
 scripts/setup-browser.sh must have installed it). Each test leaves a screenshot and the
 browser's console log under $BROWSER_ARTIFACTS (default tests/browser/artifacts/)."""
 
@@ -19,7 +19,7 @@ import pytest
 from tests.browser.colour_model import build_colour_model
 from tests.browser.limits import SERVER_ENV
 from tests.browser.page_server import serve_page
-from tests.helpers import ServerProcess
+from tests.inprocess import ThreadServer
 
 ARTIFACTS = Path(os.environ.get("BROWSER_ARTIFACTS") or Path(__file__).parent / "artifacts")
 
@@ -47,9 +47,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("uses_up_rate_limit") is not None)
 
 
+# Debian's chromium (what scripts/setup-browser.sh installs), or a Chrome already there (the
+# GitHub runners ship google-chrome and chromedriver).
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def browser_binary() -> str | None:
+    return next((path for name in BROWSERS if (path := shutil.which(name))), None)
+
+
 def missing_browser() -> str | None:
-    """What of chromium, chromedriver and selenium is missing, or None."""
-    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
+    """What of the browser, chromedriver and selenium is missing, or None."""
+    missing = [] if browser_binary() else ["chromium"]
+    missing += [] if shutil.which("chromedriver") else ["chromedriver"]
     try:
         import selenium  # noqa: F401
     except ImportError:
@@ -71,7 +81,7 @@ def chrome() -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
-    options.binary_location = shutil.which("chromium")
+    options.binary_location = browser_binary()
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # Both paths given: Selenium Manager has nothing to look up or download.
     driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
@@ -92,9 +102,10 @@ def colour_model_tag(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def legacy_api(chrome: Any, colour_model_tag: str) -> Iterator[ServerProcess]:
-    # `chrome` first: without a browser the tests skip before a server starts.
-    with ServerProcess(env={"DEEPFAKE_MODEL_TAG": colour_model_tag, **SERVER_ENV}) as running:
+def legacy_api(chrome: Any, colour_model_tag: str) -> Iterator[ThreadServer]:
+    """The service over real HTTP (uvicorn in a thread: page tests need no process start).
+    `chrome` first: without a browser the tests skip before a server starts."""
+    with ThreadServer(env={"DEEPFAKE_MODEL_TAG": colour_model_tag, **SERVER_ENV}) as running:
         yield running
 
 

@@ -19,7 +19,8 @@ import pytest
 
 from tests.browser.legacy_page import GREEN, RED, Tab, open_page, percent
 from tests.browser.limits import MAX_UPLOAD_BYTES, RATE_LIMIT_PER_MINUTE
-from tests.helpers import FIXTURES, ServerProcess, image_bytes
+from tests.helpers import FIXTURES, image_bytes
+from tests.inprocess import ThreadServer
 
 PHOTO = FIXTURES / "astronaut.jpg"  # 512x512, shown at its natural size: displayed = natural pixels
 FACE_CROP = (130, 20, 190)  # (x, y, size): her face, warm -> real
@@ -36,7 +37,7 @@ VARIANT_ROWS = [
 
 
 @pytest.fixture
-def tabs(chrome: Any, legacy_api: ServerProcess, page_origin: str) -> Iterator[tuple[Tab, Tab]]:
+def tabs(chrome: Any, legacy_api: ThreadServer, page_origin: str) -> Iterator[tuple[Tab, Tab]]:
     yield open_page(chrome, page_origin, legacy_api.url)
 
 
@@ -73,7 +74,7 @@ def test_detect_shows_prediction_and_confidence(
     ("crop", "consensus"), [(FACE_CROP, "REAL"), (FLAG_CROP, "FAKE")], ids=["face", "flag"]
 )
 def test_augmented_crop_shows_consistent_consensus(
-    tabs: tuple[Tab, Tab], legacy_api: ServerProcess, crop: tuple[int, int, int], consensus: str
+    tabs: tuple[Tab, Tab], legacy_api: ThreadServer, crop: tuple[int, int, int], consensus: str
 ) -> None:
     _, augmented = tabs
     augmented.upload(PHOTO)
@@ -136,7 +137,7 @@ def test_upload_over_byte_limit_shows_analysis_failed(
     assert delivered(general) == {"status": 413, "error": "Analysis failed", "render error": None}
 
 
-def use_up_rate_limit(api: ServerProcess) -> None:
+def use_up_rate_limit(api: ThreadServer) -> None:
     """Requests from this machine's address (the browser's too) until the server answers 429,
     with at least 5 s left in its window."""
     for _ in range(3):
@@ -153,7 +154,7 @@ def use_up_rate_limit(api: ServerProcess) -> None:
 
 
 @pytest.mark.uses_up_rate_limit
-def test_rate_limited_shows_analysis_failed(tabs: tuple[Tab, Tab], legacy_api: ServerProcess) -> None:
+def test_rate_limited_shows_analysis_failed(tabs: tuple[Tab, Tab], legacy_api: ThreadServer) -> None:
     general, _ = tabs
     general.upload(PHOTO)
     use_up_rate_limit(legacy_api)
