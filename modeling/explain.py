@@ -256,9 +256,13 @@ class Explainer:
         if scaling not in SCALINGS:
             raise ValueError(f"unknown scaling {scaling!r}; expected one of {SCALINGS}")
         self.spec, self.layer, self.method, self.scaling = spec, layer, method, scaling
+        if layer not in {existing.name for existing in model.layers}:
+            raise ValueError(
+                f"the model has no layer {layer!r} (a SavedModel import has no layers to explain)"
+            )
         self.grid = cell_grid(model, layer)
         cut = model.get_layer(layer).output
-        last = model.layers[-1]
+        last = model.outputs[0]._keras_history.operation
         # The logit: the input of a final Dense(sigmoid) layer, else the output's log-odds.
         self._dense_sigmoid = isinstance(last, keras.layers.Dense) and last.activation is (
             keras.activations.sigmoid

@@ -199,6 +199,8 @@ def test_explainers_are_reused_and_inputs_checked(small: Any, small_images: np.n
         explain_batch(small, small_images[:, :32], P_REAL, SMALL_LAYER)
     with pytest.raises(ValueError, match="not a cut point"):
         Explainer(small, P_REAL, "Block35_1_Conv2d_1x1")  # the residual connection bypasses it
+    with pytest.raises(ValueError, match="no layer"):
+        Explainer(small, P_REAL, "Block17_10_Activation")
     with pytest.raises(ValueError, match="unknown method"):
         Explainer(small, P_REAL, SMALL_LAYER, "saliency")  # type: ignore[arg-type]
 
@@ -318,3 +320,28 @@ def test_default_model_batch_equals_one_by_one(
         p_one, map_one = explain_batch(model, crops[i : i + 1], spec)
         assert p_one[0] == pytest.approx(p[i], abs=1e-5)
         np.testing.assert_allclose(map_one[0], maps[i], atol=1e-4)
+
+
+def test_default_layer_map_depends_on_the_trained_head(
+    default_model: tuple[Any, ModelSpec], crops: np.ndarray
+) -> None:
+    """Model randomisation (Adebayo et al. 2018): with the head's Dense layers re-initialised,
+    the maps must change; a map that stays is a property of the backbone, not of the verdict."""
+    import keras
+
+    model, spec = default_model
+    _, maps = explain_batch(model, crops, spec)
+    layers = [model.get_layer(name) for name in ("Head_Dense", "Head_Logit")]
+    saved = [layer.get_weights() for layer in layers]
+    try:
+        for layer in layers:
+            kernel, bias = layer.get_weights()
+            init = keras.initializers.GlorotUniform(seed=7)
+            layer.set_weights([np.asarray(init(kernel.shape)), np.zeros_like(bias)])
+        _, random_maps = explain_batch(model, crops, spec)
+    finally:
+        for layer, weights in zip(layers, saved, strict=True):
+            layer.set_weights(weights)
+    correlation = np.nanmean([pearson(a, b) for a, b in zip(maps, random_maps, strict=True)])
+    assert correlation < 0.5
+    np.testing.assert_allclose(explain_batch(model, crops, spec)[1], maps, atol=1e-5)  # restored
