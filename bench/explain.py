@@ -5,8 +5,9 @@
     .venv/bin/python bench/explain.py int8                    # P(fake) of an int8 TFLite copy
     BENTOML_HOME=.bentoml .venv/bin/python bench/explain.py sanity --model-tag deepfake_classifier:latest
 
-The faces: the default model's fixture crops (tests/fixtures/default_model/*.png) and every face
-MTCNN finds in the fixture photos, cut with the model's crop (preprocessing.faces.crop_face).
+The faces: the default model's fixture crops (tests/fixtures/default_model/*.png, 8) and every
+face MTCNN finds in the fixture photos (27: 1 of sample2's 3, 4, 5, 16 and the astronaut), cut
+with the model's crop (preprocessing.faces.crop_face): 35 faces.
 
 `sanity` prints, per layer and method:
 
@@ -49,7 +50,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the project's packages
 
-from PIL import Image, ImageFilter  # noqa: E402
+from PIL import Image, ImageFilter, ImageOps  # noqa: E402
 
 from modeling.explain import (  # noqa: E402
     BLOCK17_LAYER,
@@ -104,7 +105,7 @@ def fixture_faces(spec: ModelSpec) -> tuple[list[str], np.ndarray]:
         crops.append(np.asarray(Image.open(path).convert("RGB").resize((width, height))))
     detector = FaceDetector()
     for photo in PHOTOS:
-        image = Image.open(FIXTURES / photo).convert("RGB")
+        image = ImageOps.exif_transpose(Image.open(FIXTURES / photo)).convert("RGB")
         for i, face in enumerate(detector.detect(image)):
             crop = crop_face(
                 image, face, size=(width, height), margin=spec.face_margin, align=spec.face_align
