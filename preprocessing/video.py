@@ -337,12 +337,21 @@ def _fps(stream: VideoStream, duration_s: float) -> float:
 
 
 def _keyframe_times(stream: VideoStream, start_s: float) -> tuple[float, ...] | None:
-    """Keyframe times from the index, relative to the start; None when there is no index."""
+    """Keyframe times from the index, relative to the start; None when there is no index.
+
+    Index timestamps are decode times: with B-frames they run ahead of the presentation
+    times by the reordering delay. The first entry is the first frame, shown at the start,
+    so the delay is start - first entry; keyframes (never reordered later than that) are
+    shifted by it."""
     entries = stream.index_entries
-    if not len(entries):
+    if not len(entries) or stream.time_base is None:
         return None
-    times = sorted({float(e.timestamp * stream.time_base) - start_s for e in entries if e.is_keyframe})
-    return tuple(times) or None
+    first = min(float(e.timestamp * stream.time_base) for e in entries)
+    delay = max(start_s - first, 0.0)
+    times = sorted(
+        {float(e.timestamp * stream.time_base) + delay - start_s for e in entries if e.is_keyframe}
+    )
+    return tuple(round(t, 6) for t in times) or None
 
 
 def _mean_spacing(keyframes: tuple[float, ...] | None, duration_s: float) -> float | None:

@@ -31,26 +31,30 @@ Hostile files, and how each is made:
   audio_only.mp4           AAC in MP4, no video stream
   text.mp4                 a text file named .mp4
   image.mp4                a JPEG named .mp4
-  playlist.mp4             an HLS playlist naming moving.mp4 as its segment (FFmpeg would
-                           follow it to another file without the demuxer whitelist)
+  playlist.m3u8            an HLS playlist naming moving.mp4 as its segment: FFmpeg opens
+                           it (and reads that other file) unless its demuxer is refused (an
+                           upload spooled under the client's file extension could be this)
   empty.mp4                zero bytes
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import shutil
 import struct
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from fractions import Fraction
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
 FIXTURES = Path(__file__).parent / "fixtures"
+T = TypeVar("T")
 
 # Head patches: (fixture, region (left, top, right, bottom)) around the face box MTCNN reports
 # on the fixture (astronaut (182, 64, 83, 107); faceapi_sample4 (129, 101, 91, 119);
@@ -432,6 +436,27 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "audio_only.mp4": _audio_only,
     "text.mp4": _text,
     "image.mp4": _image,
-    "playlist.mp4": _playlist,
+    "playlist.m3u8": _playlist,
     "empty.mp4": _empty,
 }
+
+
+# -- an event loop for module-scoped async fixtures ------------------------------------------------
+
+
+class BackgroundLoop:
+    """An asyncio loop on its own thread: a worker pool started once per test module lives on
+    it, and each test runs its coroutines there with `run`."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine: Coroutine[object, object, T], timeout: float = 120.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
