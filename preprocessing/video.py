@@ -64,8 +64,8 @@ _CODEC_ALIASES = {"libdav1d": "av1", "libaom-av1": "av1", "libvpx": "vp8", "libv
 # How far `probe` reads looking for the first decodable frame before calling the file broken.
 FIRST_FRAME_MAX_PACKETS = 600
 # `auto`: a seek costs about this many decoded frames (demuxer seek, decoder flush, and the
-# frame threads filling their pipeline again). Measured with bench/video.py.
-SEEK_COST_FRAMES = 8
+# frame threads filling their pipeline again): 3.7-6.6 frames of CPU measured with bench/video.py.
+SEEK_COST_FRAMES = 6
 
 Strategy = Literal["auto", "seek", "sequential"]
 Target = tuple[int, float]  # (index in the requested times, time)

@@ -18,7 +18,8 @@ What happens when:
   (`stall_timeout_s` without a message) passes: the worker is killed (SIGKILL), a new one is
   started in the background, and `analyze` raises InputError(422, "VIDEO_TIMEOUT").
 - the worker dies (a crash in FFmpeg, the OOM killer): a new one is started and `analyze`
-  raises `VideoWorkerError` (a server-side fault: the lead maps it to a 5xx).
+  raises `VideoWorkerError` (a server-side fault: the lead maps it to a 5xx). An unexpected
+  exception inside the worker is a VideoWorkerError too, with its traceback; that worker stays.
 - the awaiting task is cancelled (a job cancelled, a client gone): the worker is killed and
   replaced, so the work really stops.
 - the video is refused (probe) or nothing decodes: InputError from preprocessing.video, and
@@ -45,10 +46,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 import numpy as np
+from PIL import Image
 
 from preprocessing.errors import InputError
+from preprocessing.faces import Face, crop_face
+from preprocessing.tensor import to_input_array
 from preprocessing.video import (
     WORKING_MAX_SIDE,
+    DecodedFrame,
     DecodeStats,
     Strategy,
     VideoInfo,
@@ -192,7 +197,7 @@ class VideoWorkerError(RuntimeError):
 
 
 class FrameDetector(Protocol):
-    def detect_many(self, images: Sequence[Any], *, max_faces: int = 20) -> list[list[Any]]: ...
+    def detect_many(self, images: Sequence[Image.Image], *, max_faces: int = 20) -> list[list[Face]]: ...
 
 
 class _MtcnnDetector:
@@ -203,10 +208,10 @@ class _MtcnnDetector:
 
         self._detector = FaceDetector()
 
-    def detect(self, image: Any, *, max_faces: int = 20) -> list[Any]:
+    def detect(self, image: Image.Image, *, max_faces: int = 20) -> list[Face]:
         return self._detector.detect(image, max_faces=max_faces)
 
-    def detect_many(self, images: Sequence[Any], *, max_faces: int = 20) -> list[list[Any]]:
+    def detect_many(self, images: Sequence[Image.Image], *, max_faces: int = 20) -> list[list[Face]]:
         return [self.detect(image, max_faces=max_faces) for image in images]
 
 
@@ -225,8 +230,6 @@ def load_face_detector(name: str) -> FrameDetector:
 def warm_up(detector: FrameDetector) -> None:
     """One detection on noise in both orientations: MTCNN's tf.functions trace on first use
     (~2 s), which would otherwise land on the first request."""
-    from PIL import Image
-
     rng = np.random.default_rng(0)
     images = [
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in ((640, 360), (360, 640))
@@ -261,9 +264,6 @@ def run_request(
 ) -> None:
     """Probe, decode, find faces, crop; report through `emit`. Runs in the worker process (and
     in-process for benchmarks). Raises InputError for the video's faults."""
-    from preprocessing.faces import crop_face
-    from preprocessing.tensor import to_input_array
-
     stats = AnalysisStats()
     started = time.perf_counter()
     info = probe(path, request.limits)
@@ -295,9 +295,7 @@ def run_request(
             t1 = time.perf_counter()
             stats.detect_s += t1 - t0
             for decoded, faces in zip(batch, found, strict=True):
-                results.append(
-                    _frame_faces(decoded, faces, request, (width, height), crop_face, to_input_array)
-                )
+                results.append(_frame_faces(decoded, faces, request, (width, height)))
             stats.crop_s += time.perf_counter() - t1
             stats.faces += sum(len(r.boxes) for r in results)
         done = decode.decoded + decode.failed
@@ -326,12 +324,7 @@ def run_request(
 
 
 def _frame_faces(
-    decoded: Any,
-    faces: list[Any] | None,
-    request: VideoRequest,
-    crop_size: tuple[int, int],
-    crop_face: Callable[..., Any],
-    to_input_array: Callable[..., np.ndarray],
+    decoded: DecodedFrame, faces: list[Face] | None, request: VideoRequest, crop_size: tuple[int, int]
 ) -> FrameFaces:
     """Crops cut from the working frame as the image path cuts them; boxes in video pixels."""
     image = decoded.image
@@ -558,6 +551,9 @@ class VideoWorkerPool:
             return result
         except InputError as exc:
             healthy = exc.code != "VIDEO_TIMEOUT"
+            raise
+        except VideoWorkerError:
+            healthy = worker.alive  # an exception in the worker leaves it usable; a death does not
             raise
         finally:
             worker.requests += 1

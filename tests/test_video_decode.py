@@ -54,8 +54,9 @@ def test_probe_reads_the_keyframe_spacing_from_the_index() -> None:
     assert info.frame_count == FPS * SECONDS
 
 
-def test_probe_turns_the_size_of_a_rotated_phone_video_upright() -> None:
-    info = probe(clip("rotated.mp4"))
+@pytest.mark.parametrize("name", ["rotated.mp4", "rotated.mov"])
+def test_probe_turns_the_size_of_a_rotated_phone_video_upright(name: str) -> None:
+    info = probe(clip(name))
     assert info.rotation == 270  # the display matrix says -90: a quarter turn clockwise
     assert (info.coded_width, info.coded_height) == (PORTRAIT[1], PORTRAIT[0])
     assert (info.width, info.height) == PORTRAIT

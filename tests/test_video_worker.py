@@ -191,6 +191,17 @@ def test_a_refused_video_is_an_input_error_and_the_worker_stays(
     assert frames_pool.pids == before
 
 
+def test_an_exception_in_the_worker_is_reported_and_the_worker_stays(
+    loop: BackgroundLoop, frames_pool: VideoWorkerPool, tmp_path: object
+) -> None:
+    analyze(loop, frames_pool, "moving.mp4")
+    before = frames_pool.pids
+    with pytest.raises(VideoWorkerError, match="FileNotFoundError"):
+        loop.run(frames_pool.analyze(f"{tmp_path}/gone.mp4", VideoRequest(), timeout_s=30))
+    assert frames_pool.pids == before
+    assert analyze(loop, frames_pool, "moving.mp4").worker_pid == before[0]
+
+
 # -- deadline, death, cancel ----------------------------------------------------------------------
 
 
