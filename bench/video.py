@@ -1,0 +1,376 @@
+"""Video speed: decoding strategies, one clip through the pipeline split into decode / faces /
+crops / model, and clips through the worker pool, one and eight at a time.
+
+    nice -n 10 .venv/bin/python bench/video.py                          # everything, ~5 min
+    .venv/bin/python bench/video.py --parts decode                      # strategies only
+    BENTOML_HOME=.bentoml .venv/bin/python bench/video.py --model-tag deepfake_classifier:latest
+    .venv/bin/python bench/video.py --parts pipeline --model-tag default    # FaceNet, no store
+
+The clip: 10 s of 1280x720 at 30 fps, H.264 (libx264 `medium`, CRF 23, yuv420p), two faces
+from the test fixtures drifting over a panning photo, with sensor-like noise (sigma 3) so
+that the bitrate is a camera's rather than a slideshow's. One clip per keyframe interval
+(1, 2, 10 s), made once into bench/results/video/ (git-ignored).
+
+decode: 32 samples, FFmpeg threads on (one per core), each variant `--rounds` times (5),
+interleaved, medians of wall and CPU time: `sequential` (one pass), `seek` with
+seek_cost_frames=0 (seek whenever a sample's keyframe lies ahead: seek per sample), `auto`
+(what `choose_strategy` picks, default cost), and sequential on one thread. Also 8 samples
+(sparse), where seeking should pay. From the two strategies' CPU time it estimates what one
+seek costs, in decoded frames (SEEK_COST_FRAMES in preprocessing/video.py).
+
+pipeline: `serving.video_worker.run_request` in this process on the 2-s-keyframe clip
+(probe, decode, MTCNN, crops), then the model hook: `--model-tag` loads that model (from the
+BentoML store, or `default`: the default FaceNet built from the committed recipe) and runs
+every crop as one batch; without it, the model is left out (P(fake) 0.5 for the tracks).
+Prints the tracks found and where the time went.
+
+pool: `VideoWorkerPool` (`--pool-size`, default 2) with MTCNN: the clip alone three times,
+then 8 clips at once; wall time, latency, frames/s, and the workers' resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the project's packages
+
+from preprocessing.video import DecodeStats, decode_frames, probe, sample_times  # noqa: E402
+from serving.tracks import build_tracks, judge_video  # noqa: E402
+from serving.video_worker import (  # noqa: E402
+    FrameFaces,
+    VideoRequest,
+    VideoWorkerPool,
+    concat_crops,
+    frame_detections,
+    load_face_detector,
+    run_request,
+    warm_up,
+)
+
+RESULTS = ROOT / "bench" / "results"
+CLIPS = RESULTS / "video"
+SIZE, FPS, SECONDS = (1280, 720), 30, 10
+SAMPLES = 32
+ROUNDS = 3
+
+
+def make_clip(gop_s: float) -> Path:
+    """The 10-s 720p two-face clip with a keyframe every `gop_s` seconds (cached)."""
+    import av
+    from PIL import Image
+
+    from tests.videos import background, head
+
+    path = CLIPS / f"two_faces_720p_gop{gop_s:g}s.mp4"
+    if path.exists():
+        return path
+    CLIPS.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    n = FPS * SECONDS
+    faces = (head("astronaut", 300), head("faceapi", 280))
+    gop = round(gop_s * FPS)
+    partial = path.with_suffix(".part.mp4")
+    with av.open(str(partial), "w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(FPS))
+        stream.width, stream.height = SIZE
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "medium", "crf": "23", "g": str(gop), "keyint_min": str(gop)}
+        for i in range(n):
+            frame = background(SIZE, pan=i / (n - 1))
+            t = i / n
+            frame.paste(faces[0], (150 + round(250 * t), 200 + round(40 * np.sin(6.28 * t))))
+            frame.paste(faces[1], (820 - round(200 * t), 180))
+            noisy = np.asarray(frame, dtype=np.int16) + rng.normal(0, 3, (SIZE[1], SIZE[0], 3)).astype(
+                np.int16
+            )
+            image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+            for packet in stream.encode(av.VideoFrame.from_image(image)):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    partial.rename(path)
+    return path
+
+
+# -- decode --------------------------------------------------------------------------------------
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "sequential": {"strategy": "sequential"},
+    "seek per sample": {"strategy": "seek", "seek_cost_frames": 0},
+    "auto": {"strategy": "auto"},
+    "sequential, 1 thread": {"strategy": "sequential", "threads": False},
+}
+
+
+def time_decode(path: Path, samples: int, rounds: int) -> dict[str, dict[str, Any]]:
+    """Every variant `rounds` times, interleaved (the machine is shared: a slow spell hits all
+    variants alike); medians of wall and CPU time (all threads of this process)."""
+    info = probe(path)
+    times = sample_times(info, samples)
+    walls: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    cpus: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    last: dict[str, DecodeStats] = {}
+    for _ in range(rounds):
+        for name, options in VARIANTS.items():
+            stats = DecodeStats()
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _frame in decode_frames(info, times, stats=stats, **options):
+                pass
+            walls[name].append(time.perf_counter() - wall)
+            cpus[name].append(time.process_time() - cpu)
+            last[name] = stats
+    return {
+        name: {
+            "wall_s": round(statistics.median(walls[name]), 3),
+            "cpu_s": round(statistics.median(cpus[name]), 3),
+            "frames_decoded": last[name].frames_decoded,
+            "seeks": last[name].seeks,
+            "strategy": last[name].strategy,
+        }
+        for name in VARIANTS
+    }
+
+
+def bench_decode(clips: dict[float, Path], rounds: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for gop, path in clips.items():
+        info = probe(path)
+        row: dict[str, Any] = {"bitrate_mbps": round(path.stat().st_size * 8 / info.duration_s / 1e6, 2)}
+        print(f"\n== keyframe every {gop:g} s ({row['bitrate_mbps']} Mbit/s)")
+        for samples in (SAMPLES, 8):
+            measured = time_decode(path, samples, rounds)
+            row[f"{samples} samples"] = measured
+            seq, seek = measured["sequential"], measured["seek per sample"]
+            winner = min(("sequential", "seek per sample"), key=lambda k: measured[k]["cpu_s"])
+            print(f"  {samples} samples: auto picks {measured['auto']['strategy']}; less CPU: {winner}")
+            for name, m in measured.items():
+                print(f"    {name:22s} {m}")
+            if seek["seeks"] > seq["seeks"] and seq["frames_decoded"]:
+                per_frame = seq["cpu_s"] / seq["frames_decoded"]
+                extra = (seek["cpu_s"] - seek["frames_decoded"] * per_frame) / (seek["seeks"] - seq["seeks"])
+                row[f"{samples} samples: one seek costs, frames (CPU)"] = round(extra / per_frame, 1)
+                print(f"    one seek costs {extra / per_frame:.1f} frames of CPU")
+        results[f"keyframe every {gop:g} s"] = row
+    return results
+
+
+# -- pipeline ------------------------------------------------------------------------------------
+
+
+def load_model(tag: str) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
+    """The model hook: (uint8 crops -> P(fake), spec) for a model in the BentoML store, or
+    (tag "default") the default FaceNet model built in this process from the committed
+    recipe, without a store."""
+    from modeling.inference import Classifier
+    from modeling.spec import ModelSpec
+
+    if tag == "default":
+        from modeling.default import build_default_classifier, read_recipe
+
+        recipe = read_recipe()
+        labels = ("fake", "real") if recipe["output"] == "p_real" else ("real", "fake")
+        spec = ModelSpec(labels=labels, threshold=recipe["threshold"], normalization="zero_one")
+        classifier = Classifier(build_default_classifier(), spec)
+        classifier(np.zeros((1, *spec.input_size, 3), np.uint8))  # warm-up
+    else:
+        import bentoml
+
+        stored = bentoml.models.get(tag)
+        spec = ModelSpec.from_metadata(stored.info.metadata)
+        classifier = Classifier.load(Path(stored.path), spec)
+
+    def predict(crops: np.ndarray) -> np.ndarray:
+        return np.array([spec.fake_probability(r) for r in classifier(crops)])
+
+    return predict, spec
+
+
+def bench_pipeline(path: Path, model_tag: str | None) -> dict[str, Any]:
+    started = time.perf_counter()
+    detector = load_face_detector("")
+    warm_up(detector)
+    load_s = time.perf_counter() - started
+    predict, spec = load_model(model_tag) if model_tag else (None, None)
+    request = VideoRequest.for_spec(spec, frames=SAMPLES) if spec else VideoRequest(frames=SAMPLES)
+    runs = []
+    for _ in range(ROUNDS):
+        frames: list[FrameFaces] = []
+        stats: list[Any] = []
+
+        def emit(
+            message: tuple[Any, ...], frames: list[FrameFaces] = frames, stats: list[Any] = stats
+        ) -> None:
+            if message[0] == "frames":
+                frames.extend(message[1])
+            elif message[0] == "done":
+                stats.append(message[1])
+
+        t0 = time.perf_counter()
+        run_request(str(path), request, detector, emit)
+        t1 = time.perf_counter()
+        crops = concat_crops(frames)
+        p_fake = predict(crops) if predict else np.full(len(crops), 0.5)
+        t2 = time.perf_counter()
+        info = probe(path)
+        tracks = build_tracks(
+            frame_detections(sorted(frames, key=lambda f: f.index), p_fake, (info.width, info.height))
+        )
+        verdict = judge_video(
+            tracks,
+            len(frames),
+            judge=(lambda p: "fake" if p >= spec.threshold else "real") if spec else (lambda p: "real"),
+            threshold_for=lambda n: spec.threshold if spec else 0.5,
+        )
+        t3 = time.perf_counter()
+        s = stats[0]
+        runs.append(
+            {
+                "wall_s": t3 - t0,
+                "probe_s": s.probe_s,
+                "decode_s": s.decode_s,
+                "faces_s": s.detect_s,
+                "crops_s": s.crop_s,
+                "model_s": t2 - t1 if predict else None,
+                "tracks_s": t3 - t2,
+                "crops": len(crops),
+                "tracks": [t.frame_count for t in tracks],
+                "verdict": verdict.prediction if verdict else None,
+                "strategy": s.strategy,
+            }
+        )
+    keys = ("wall_s", "probe_s", "decode_s", "faces_s", "crops_s", "tracks_s") + (
+        ("model_s",) if predict else ()
+    )
+    result: dict[str, Any] = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
+    result["cpu_s"] = stage_cpu(path, detector, predict, crops)
+    result.update(
+        {k: runs[-1][k] for k in ("crops", "tracks", "verdict", "strategy")},
+        detector_load_s=round(load_s, 1),
+        frames_per_s=round(SAMPLES / result["wall_s"], 1),
+        model=model_tag or "left out (hook: --model-tag)",
+    )
+    print("\n== pipeline, in process, one clip (median of 3)")
+    for key, value in result.items():
+        print(f"  {key:18s} {value}")
+    return result
+
+
+def stage_cpu(
+    path: Path, detector: Any, predict: Callable[[np.ndarray], np.ndarray] | None, crops: np.ndarray
+) -> dict[str, float]:
+    """CPU seconds (all threads of this process) of each stage, stage by stage: on a shared
+    machine a steadier measure of the work than wall time. Their sum over the cores is the
+    best wall time a 2-core machine of our own could reach with the stages overlapped."""
+    info = probe(path)
+    times = sample_times(info, SAMPLES)
+    c0 = time.process_time()
+    images = [frame.image for frame in decode_frames(info, times)]
+    c1 = time.process_time()
+    detector.detect_many(images)
+    c2 = time.process_time()
+    if predict is not None:
+        predict(crops)
+    c3 = time.process_time()
+    cpu = {"decode": c1 - c0, "faces": c2 - c1, "model": c3 - c2 if predict else 0.0}
+    cpu["total"] = sum(cpu.values())
+    return {k: round(v, 2) for k, v in cpu.items()}
+
+
+# -- pool ----------------------------------------------------------------------------------------
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def bench_pool(path: Path, size: int, concurrent: int) -> dict[str, Any]:
+    request = VideoRequest(frames=SAMPLES)
+    started = time.perf_counter()
+    async with VideoWorkerPool(size) as pool:
+        start_s = time.perf_counter() - started
+        alone = []
+        for _ in range(ROUNDS):
+            t0 = time.perf_counter()
+            analysis = await pool.analyze(path, request, timeout_s=300)
+            alone.append(time.perf_counter() - t0)
+
+        async def one() -> float:
+            t0 = time.perf_counter()
+            await pool.analyze(path, request, timeout_s=600)
+            return time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        latencies = await asyncio.gather(*(one() for _ in range(concurrent)))
+        total = time.perf_counter() - t0
+        memory = [round(rss_mb(pid)) for pid in pool.pids]
+    result = {
+        "pool_size": size,
+        "workers_ready_s": round(start_s, 1),
+        "alone_wall_s": round(statistics.median(alone), 2),
+        "alone_stats": {
+            k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(analysis.stats).items()
+        },
+        f"{concurrent}_clips_wall_s": round(total, 2),
+        f"{concurrent}_clips_latency_p50_s": round(statistics.median(latencies), 2),
+        f"{concurrent}_clips_latency_max_s": round(max(latencies), 2),
+        f"{concurrent}_clips_frames_per_s": round(concurrent * SAMPLES / total, 1),
+        "worker_rss_mb": memory,
+    }
+    print(f"\n== pool of {size}, MTCNN")
+    for key, value in result.items():
+        print(f"  {key:28s} {value}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--parts", nargs="+", default=["decode", "pipeline", "pool"], choices=["decode", "pipeline", "pool"]
+    )
+    parser.add_argument(
+        "--model-tag",
+        default=None,
+        help="a model in the BentoML store, or 'default' (built here): times it too",
+    )
+    parser.add_argument("--pool-size", type=int, default=2)
+    parser.add_argument("--concurrent", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5, help="decode: runs of each variant")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    clips = {gop: make_clip(gop) for gop in (1.0, 2.0, 10.0)}
+    print(f"clips ready in {time.perf_counter() - started:.1f} s: {[str(p) for p in clips.values()]}")
+    report: dict[str, Any] = {"clip": f"{SIZE[0]}x{SIZE[1]} {FPS} fps {SECONDS} s H.264, {SAMPLES} samples"}
+    if "decode" in args.parts:
+        report["decode"] = bench_decode(clips, args.rounds)
+    if "pipeline" in args.parts:
+        report["pipeline"] = bench_pipeline(clips[2.0], args.model_tag)
+    if "pool" in args.parts:
+        report["pool"] = asyncio.run(bench_pool(clips[2.0], args.pool_size, args.concurrent))
+    out = args.json or RESULTS / f"video-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,634 @@
+"""Video analysis in child processes, with a deadline: probe, decode the sampled frames, find
+the faces and cut the model's crops, exactly as the image path does.
+
+    pool = VideoWorkerPool(size=2, detector="")       # one face detector per worker
+    await pool.start()
+    analysis = await pool.analyze(path, VideoRequest.for_spec(spec, frames=32), timeout_s=30)
+    ...
+    await pool.close()
+
+Why processes: FFmpeg and the detector are CPU-bound native code that a thread cannot stop;
+a worker process can be killed. Each worker is `python -m serving.video_worker`, started
+with asyncio's subprocess support (no fork of the API process, which holds TensorFlow and
+threads); requests and results are length-prefixed pickles on its stdin/stdout, read with
+asyncio streams, so the event loop never blocks on a worker.
+
+What happens when:
+- the deadline (`timeout_s`, from the moment a worker takes the request) or the stall limit
+  (`stall_timeout_s` without a message) passes: the worker is killed (SIGKILL), a new one is
+  started in the background, and `analyze` raises InputError(422, "VIDEO_TIMEOUT").
+- the worker dies (a crash in FFmpeg, the OOM killer): a new one is started and `analyze`
+  raises `VideoWorkerError` (a server-side fault: the lead maps it to a 5xx). An unexpected
+  exception inside the worker is a VideoWorkerError too, with its traceback; that worker stays.
+- the awaiting task is cancelled (a job cancelled, a client gone): the worker is killed and
+  replaced, so the work really stops.
+- the video is refused (probe) or nothing decodes: InputError from preprocessing.video, and
+  the worker stays.
+A worker is also replaced after `max_requests` requests (FFmpeg and TensorFlow keep some
+memory). Temporary files: none are made here; the caller owns the upload's file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import pickle
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import numpy as np
+from PIL import Image
+
+from preprocessing.errors import InputError
+from preprocessing.faces import Face, crop_face
+from preprocessing.tensor import to_input_array
+from preprocessing.video import (
+    WORKING_MAX_SIDE,
+    DecodedFrame,
+    DecodeStats,
+    Strategy,
+    VideoInfo,
+    VideoLimits,
+    decode_frames,
+    probe,
+    sample_times,
+    video_timeout,
+)
+from serving.tracks import Detection, FrameDetections
+
+logger = logging.getLogger("deepfake.video")
+
+ROOT = Path(__file__).resolve().parents[1]
+Box = tuple[int, int, int, int]
+_HEADER = struct.Struct(">Q")
+TEST_HOOKS_ENV = "DEEPFAKE_VIDEO_TEST_HOOKS"  # set by the pool only when test_hooks=True
+
+
+# -- requests and results ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoRequest:
+    """What to take from one video. Times win over frames/fps; neither: 32 evenly spaced.
+
+    `input_size` (height, width), `margin` and `align` are the model's crop (ModelSpec);
+    use `for_spec`. `test_sleep_s` is honoured only by workers started with test hooks.
+    """
+
+    times: tuple[float, ...] | None = None
+    frames: int | None = None
+    fps: float | None = None
+    max_faces: int = 20
+    input_size: tuple[int, int] = (160, 160)
+    margin: float = 0.25
+    align: bool = False
+    limits: VideoLimits = VideoLimits()
+    strategy: Strategy = "auto"
+    max_side: int = WORKING_MAX_SIDE
+    detect_batch: int = 8  # frames per detector call, and per progress report
+    test_sleep_s: float = 0.0
+
+    @classmethod
+    def for_spec(cls, spec: Any, **fields: Any) -> VideoRequest:
+        """A request cutting the crops `spec` (a modeling.spec.ModelSpec) was trained on."""
+        return cls(
+            input_size=tuple(spec.input_size), margin=spec.face_margin, align=spec.face_align, **fields
+        )
+
+
+@dataclass(frozen=True)
+class FrameFaces:
+    """One sampled frame: the faces found and the model's uint8 crops, one per face.
+
+    Boxes are (x, y, w, h) in the upright video's pixels (`VideoInfo.width/height`), as the
+    detector regressed them (they may extend past the edge). Without a detector, or when
+    `whole_frame` is set, the single crop is the whole frame and there are no boxes.
+    """
+
+    index: int  # position among the requested times
+    time_s: float  # the requested time, from the video's start
+    pts_s: float  # timestamp of the frame shown at that time
+    boxes: tuple[Box, ...]
+    scores: tuple[float, ...]
+    crops: np.ndarray  # (k, H, W, 3) uint8
+    whole_frame: bool = False
+
+
+@dataclass
+class AnalysisStats:
+    """Where the time went, in the worker; sampled = decoded + failed."""
+
+    sampled: int = 0
+    decoded: int = 0
+    failed: int = 0
+    frames_decoded: int = 0  # every frame the decoder produced (the decoding cost)
+    seeks: int = 0
+    strategy: str = ""
+    faces: int = 0
+    probe_s: float = 0.0
+    decode_s: float = 0.0
+    detect_s: float = 0.0
+    crop_s: float = 0.0
+    decoder_errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class VideoAnalysis:
+    info: VideoInfo
+    frames: list[FrameFaces]  # in time order; failed samples are absent
+    stats: AnalysisStats
+    worker_pid: int
+    wall_s: float  # from the worker taking the request to the last result
+
+    def crops(self) -> np.ndarray:
+        """Every crop of every frame, frame by frame: one batch for the model, (N, H, W, 3)."""
+        return concat_crops(self.frames)
+
+    def detections(self, p_fake: Sequence[float]) -> list[FrameDetections]:
+        """Per frame, its faces with their P(fake) (`p_fake` in the order of `crops()`), as
+        serving.tracks takes them. Whole-frame crops become a box covering the frame."""
+        return frame_detections(self.frames, p_fake, (self.info.width, self.info.height))
+
+
+def concat_crops(frames: Sequence[FrameFaces]) -> np.ndarray:
+    arrays = [f.crops for f in frames if len(f.crops)]
+    return np.concatenate(arrays) if arrays else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def frame_detections(
+    frames: Sequence[FrameFaces], p_fake: Sequence[float], video_size: tuple[int, int]
+) -> list[FrameDetections]:
+    if len(p_fake) != sum(len(f.crops) for f in frames):
+        raise ValueError("one P(fake) per crop is needed")
+    out: list[FrameDetections] = []
+    position = 0
+    for frame in frames:
+        boxes = frame.boxes if not frame.whole_frame else ((0, 0, *video_size),)
+        scores = frame.scores if not frame.whole_frame else (1.0,)
+        values = p_fake[position : position + len(frame.crops)]
+        position += len(frame.crops)
+        detections = tuple(Detection(b, s, float(p)) for b, s, p in zip(boxes, scores, values, strict=True))
+        out.append(FrameDetections(frame.time_s, detections))
+    return out
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int  # samples handled (decoded or failed)
+    total: int
+    frames: list[FrameFaces]  # the ones that just arrived
+    info: VideoInfo
+
+
+class VideoWorkerError(RuntimeError):
+    """The worker failed for a reason of the server's (it died, or raised unexpectedly)."""
+
+
+# -- the face detector, behind the interface preprocessing.faces is moving to ---------------------
+
+
+class FrameDetector(Protocol):
+    def detect_many(self, images: Sequence[Image.Image], *, max_faces: int = 20) -> list[list[Face]]: ...
+
+
+class _MtcnnDetector:
+    """Today's MTCNN `FaceDetector` behind the coming `load_detector` interface."""
+
+    def __init__(self) -> None:
+        from preprocessing.faces import FaceDetector
+
+        self._detector = FaceDetector()
+
+    def detect(self, image: Image.Image, *, max_faces: int = 20) -> list[Face]:
+        return self._detector.detect(image, max_faces=max_faces)
+
+    def detect_many(self, images: Sequence[Image.Image], *, max_faces: int = 20) -> list[list[Face]]:
+        return [self.detect(image, max_faces=max_faces) for image in images]
+
+
+def load_face_detector(name: str) -> FrameDetector:
+    """The one place that knows which detector API exists: `preprocessing.faces.load_detector`
+    once it is merged, MTCNN (name "" or "mtcnn") until then."""
+    from preprocessing import faces
+
+    if hasattr(faces, "load_detector"):
+        return faces.load_detector(name)
+    if name not in ("", "mtcnn"):
+        raise ValueError(f"face detector {name!r} is not available (only MTCNN until load_detector)")
+    return _MtcnnDetector()
+
+
+def warm_up(detector: FrameDetector) -> None:
+    """One detection on noise in both orientations: MTCNN's tf.functions trace on first use
+    (~2 s), which would otherwise land on the first request."""
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in ((640, 360), (360, 640))
+    ]
+    detector.detect_many(images)
+
+
+# -- the worker process --------------------------------------------------------------------------
+
+
+def _send(stream: BinaryIO, message: tuple[Any, ...]) -> None:
+    data = pickle.dumps(message, protocol=5)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _recv(stream: BinaryIO) -> tuple[Any, ...] | None:
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    return pickle.loads(stream.read(size))
+
+
+def run_request(
+    path: str,
+    request: VideoRequest,
+    detector: FrameDetector | None,
+    emit: Callable[[tuple[Any, ...]], None],
+    *,
+    test_hooks: bool = False,
+) -> None:
+    """Probe, decode, find faces, crop; report through `emit`. Runs in the worker process (and
+    in-process for benchmarks). Raises InputError for the video's faults."""
+    stats = AnalysisStats()
+    started = time.perf_counter()
+    info = probe(path, request.limits)
+    stats.probe_s = time.perf_counter() - started
+    if request.times is not None:
+        times = [float(t) for t in request.times][: request.limits.max_frames]
+    else:
+        times = sample_times(info, request.frames, request.fps, request.limits.max_frames)
+    emit(("info", info, len(times)))
+    if test_hooks and request.test_sleep_s:
+        time.sleep(request.test_sleep_s)  # tests: a decoder that stalls
+
+    height, width = request.input_size
+    decode = DecodeStats()
+    frames = decode_frames(
+        info, times, strategy=request.strategy, limits=request.limits, max_side=request.max_side, stats=decode
+    )
+    done_before = 0
+
+    def flush(batch: list[Any]) -> None:
+        nonlocal done_before
+        results: list[FrameFaces] = []
+        if batch:
+            images = [decoded.image for decoded in batch]
+            t0 = time.perf_counter()
+            found = (
+                detector.detect_many(images, max_faces=request.max_faces) if detector else [None] * len(batch)
+            )
+            t1 = time.perf_counter()
+            stats.detect_s += t1 - t0
+            for decoded, faces in zip(batch, found, strict=True):
+                results.append(_frame_faces(decoded, faces, request, (width, height)))
+            stats.crop_s += time.perf_counter() - t1
+            stats.faces += sum(len(r.boxes) for r in results)
+        done = decode.decoded + decode.failed
+        if results or done > done_before:
+            emit(("frames", results, done))
+            done_before = done
+
+    batch: list[Any] = []
+    while True:
+        t0 = time.perf_counter()
+        decoded = next(frames, None)
+        stats.decode_s += time.perf_counter() - t0
+        if decoded is None:
+            break
+        batch.append(decoded)
+        if len(batch) >= request.detect_batch:
+            flush(batch)
+            batch = []
+    flush(batch)
+    for name in ("sampled", "decoded", "failed", "frames_decoded", "seeks", "strategy"):
+        setattr(stats, name, getattr(decode, name))
+    stats.decoder_errors = list(decode.errors)
+    if decode.decoded == 0:
+        raise InputError(400, "INVALID_VIDEO", "The video cannot be decoded: no sampled frame decoded")
+    emit(("done", stats))
+
+
+def _frame_faces(
+    decoded: DecodedFrame, faces: list[Face] | None, request: VideoRequest, crop_size: tuple[int, int]
+) -> FrameFaces:
+    """Crops cut from the working frame as the image path cuts them; boxes in video pixels."""
+    image = decoded.image
+    if faces is None:
+        crop = to_input_array(image, request.input_size)
+        return FrameFaces(decoded.index, decoded.time_s, decoded.pts_s, (), (), crop[None], whole_frame=True)
+    sx, sy = decoded.scale
+    crops = [
+        to_input_array(
+            crop_face(image, face, size=crop_size, margin=request.margin, align=request.align),
+            request.input_size,
+        )
+        for face in faces
+    ]
+    boxes = tuple(
+        (round(x / sx), round(y / sy), max(1, round(w / sx)), max(1, round(h / sy)))
+        for x, y, w, h in (f.box for f in faces)
+    )
+    array = np.stack(crops) if crops else np.zeros((0, *request.input_size, 3), np.uint8)
+    return FrameFaces(
+        decoded.index, decoded.time_s, decoded.pts_s, boxes, tuple(float(f.score) for f in faces), array
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The worker: `python -m serving.video_worker [--detector NAME | --no-detector]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--detector", default="")
+    parser.add_argument("--no-detector", action="store_true", help="judge whole frames")
+    args = parser.parse_args(argv)
+    # Results go out on a private copy of stdout; anything a library prints goes to stderr.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    inbox = os.fdopen(os.dup(0), "rb")
+    logging.basicConfig(level=logging.WARNING, format="video-worker %(process)d %(levelname)s %(message)s")
+    logging.getLogger("libav").setLevel(logging.CRITICAL)  # decoder errors are counted, not logged
+    test_hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
+    detector = None if args.no_detector else load_face_detector(args.detector)
+    if detector is not None:
+        warm_up(detector)
+    _send(out, ("ready", os.getpid()))
+    while (message := _recv(inbox)) is not None:
+        _, path, request = message
+        try:
+            run_request(path, request, detector, lambda m: _send(out, m), test_hooks=test_hooks)
+        except InputError as exc:
+            _send(out, ("input_error", exc.status, exc.code, exc.message))
+        except Exception:  # noqa: BLE001 - reported to the parent, the worker lives on
+            _send(out, ("error", traceback.format_exc()))
+    return 0
+
+
+# -- the pool, in the API process ------------------------------------------------------------------
+
+
+class _Worker:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.requests = 0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+    async def send(self, message: tuple[Any, ...]) -> None:
+        data = pickle.dumps(message, protocol=5)
+        assert self.process.stdin is not None
+        self.process.stdin.write(_HEADER.pack(len(data)) + data)
+        await self.process.stdin.drain()
+
+    async def recv(self) -> tuple[Any, ...]:
+        assert self.process.stdout is not None
+        header = await self.process.stdout.readexactly(_HEADER.size)
+        (size,) = _HEADER.unpack(header)
+        return pickle.loads(await self.process.stdout.readexactly(size))
+
+    async def kill(self) -> None:
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        await self.process.wait()
+
+
+ProgressCallback = Callable[[Progress], Awaitable[None] | None]
+
+
+class VideoWorkerPool:
+    """`size` worker processes, each with its own face detector (`detector=None`: none; every
+    frame is judged whole). `size` is the video concurrency cap: a request waits for a free
+    worker. Use `async with VideoWorkerPool(...) as pool`, or `start()` and `close()`."""
+
+    def __init__(
+        self,
+        size: int = 1,
+        *,
+        detector: str | None = "",
+        start_timeout_s: float = 180.0,
+        max_requests: int = 500,
+        test_hooks: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        if size < 1:
+            raise ValueError("size must be >= 1")
+        self.size = size
+        self.detector = detector
+        self.start_timeout_s = start_timeout_s
+        self.max_requests = max_requests
+        self.test_hooks = test_hooks
+        self.env = env or {}
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._workers: set[_Worker] = set()
+        self._spawning: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.restarts = 0  # workers replaced (killed, died, recycled)
+
+    async def __aenter__(self) -> VideoWorkerPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the live workers (busy or idle)."""
+        return sorted(w.pid for w in self._workers if w.alive)
+
+    async def start(self) -> None:
+        """Start every worker and wait until each has loaded its detector."""
+        workers = await asyncio.gather(*(self._spawn() for _ in range(self.size)))
+        for worker in workers:
+            self._idle.put_nowait(worker)
+
+    async def close(self) -> None:
+        """Kill every worker (busy ones too) and wait for them to exit."""
+        self._closed = True
+        for task in list(self._spawning):
+            task.cancel()
+        await asyncio.gather(*self._spawning, return_exceptions=True)
+        await asyncio.gather(*(w.kill() for w in list(self._workers)))
+        self._workers.clear()
+
+    async def _spawn(self) -> _Worker:
+        args = [sys.executable, "-m", "serving.video_worker"]
+        args += ["--no-detector"] if self.detector is None else ["--detector", self.detector]
+        env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        if self.test_hooks:
+            env[TEST_HOOKS_ENV] = "1"
+        process = await asyncio.create_subprocess_exec(
+            *args,
+            cwd=ROOT,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        worker = _Worker(process)
+        self._workers.add(worker)
+        try:
+            async with asyncio.timeout(self.start_timeout_s):
+                message = await worker.recv()
+            if message[0] != "ready":
+                raise VideoWorkerError(f"video worker sent {message[0]!r} instead of ready")
+        except BaseException:
+            self._workers.discard(worker)
+            await worker.kill()
+            raise
+        return worker
+
+    def _replace(self, worker: _Worker) -> None:
+        """Kill `worker` (if alive) and start a new one in the background."""
+        self._workers.discard(worker)
+        self.restarts += 1
+        if not self._closed:
+            task = asyncio.get_running_loop().create_task(self._respawn(worker))
+            self._spawning.add(task)
+            task.add_done_callback(self._spawning.discard)
+
+    async def _respawn(self, old: _Worker) -> None:
+        await old.kill()
+        delay = 1.0
+        while not self._closed:
+            try:
+                self._idle.put_nowait(await self._spawn())
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep trying: the pool must not shrink for good
+                logger.exception("video worker failed to start; retrying in %.0f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _take(self) -> _Worker:
+        while True:
+            worker = await self._idle.get()
+            if worker.alive:
+                return worker
+            self._replace(worker)  # died while idle
+
+    async def analyze(
+        self,
+        path: str | os.PathLike[str],
+        request: VideoRequest,
+        *,
+        timeout_s: float,
+        stall_timeout_s: float | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> VideoAnalysis:
+        """Analyse the video at `path` in a worker. Waits for a free worker first (not counted
+        in `timeout_s`). `progress` (sync or async) is called as each batch of frames arrives."""
+        if self._closed:
+            raise VideoWorkerError("the video worker pool is closed")
+        worker = await self._take()
+        healthy = False
+        try:
+            result = await self._run(worker, str(path), request, timeout_s, stall_timeout_s, progress)
+            healthy = True
+            return result
+        except InputError as exc:
+            healthy = exc.code != "VIDEO_TIMEOUT"
+            raise
+        except VideoWorkerError:
+            healthy = worker.alive  # an exception in the worker leaves it usable; a death does not
+            raise
+        finally:
+            worker.requests += 1
+            if healthy and worker.alive and worker.requests < self.max_requests and not self._closed:
+                self._idle.put_nowait(worker)
+            else:
+                self._replace(worker)
+
+    async def _run(
+        self,
+        worker: _Worker,
+        path: str,
+        request: VideoRequest,
+        timeout_s: float,
+        stall_timeout_s: float | None,
+        progress: ProgressCallback | None,
+    ) -> VideoAnalysis:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + timeout_s
+        info: VideoInfo | None = None
+        total = 0
+        frames: list[FrameFaces] = []
+        try:
+            await worker.send(("analyze", path, request))
+            while True:
+                wait = deadline - loop.time()
+                if stall_timeout_s is not None:
+                    wait = min(wait, stall_timeout_s)
+                if wait <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(wait):
+                    message = await worker.recv()
+                kind = message[0]
+                if kind == "info":
+                    info, total = message[1], message[2]
+                    await _call(progress, Progress(0, total, [], info))
+                elif kind == "frames":
+                    frames.extend(message[1])
+                    assert info is not None
+                    await _call(progress, Progress(message[2], total, message[1], info))
+                elif kind == "done":
+                    assert info is not None
+                    frames.sort(key=lambda f: f.index)
+                    return VideoAnalysis(info, frames, message[1], worker.pid, loop.time() - started)
+                elif kind == "input_error":
+                    raise InputError(message[1], message[2], message[3])
+                else:
+                    raise VideoWorkerError(f"the video worker failed:\n{message[1]}")
+        except TimeoutError:
+            await worker.kill()
+            raise video_timeout(
+                timeout_s if loop.time() >= deadline else stall_timeout_s or timeout_s
+            ) from None
+        except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
+            code = await worker.process.wait()
+            raise VideoWorkerError(
+                f"the video worker exited (code {code}) while processing the video"
+            ) from None
+        except asyncio.CancelledError:
+            await asyncio.shield(worker.kill())
+            raise
+
+
+async def _call(callback: ProgressCallback | None, progress: Progress) -> None:
+    if callback is None:
+        return
+    result = callback(progress)
+    if inspect.isawaitable(result):
+        await result
+
+
+if __name__ == "__main__":
+    # Run the imported module's main, so that results pickle as serving.video_worker.* (not
+    # __main__.*) and the API process can load them.
+    from serving.video_worker import main as _main
+
+    sys.exit(_main())
