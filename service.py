@@ -11,7 +11,9 @@ the Python client's routes are `@bentoml.api` methods over the same pipeline; th
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -25,13 +27,15 @@ from modeling.spec import ModelSpec
 from serving.access import AccessMiddleware
 from serving.bentoml_adapter import use_greedy_batching
 from serving.edge import ClientRoutePolicy, EdgeMiddleware, RequestIdMiddleware
-from serving.errors import ModelUnavailable, Overloaded
-from serving.multipart import FormPolicy, parse_bool, read_form
+from serving.errors import ModelUnavailable, NotFound, Overloaded
+from serving.multipart import FormPolicy, Upload, parse_bool, parse_number, read_form
 from serving.observability import configure_logging, metrics
 from serving.pipeline import DetectionPipeline, FaceSettings
 from serving.reports import health_report, model_info_report
 from serving.routes import (
     ERROR_RESPONSES,
+    FPS,
+    FRAMES,
     REQUIRE_FACE,
     add_docs_and_fallback,
     answer,
@@ -44,9 +48,11 @@ from serving.schemas import (
     DetectResponse,
     ErrorResponse,
     HealthResponse,
+    JobResponse,
     ModelDescription,
     ModelInfoResponse,
     ModelStatus,
+    VideoResponse,
 )
 from serving.settings import get_settings
 from serving.shutdown import stop_when_idle
@@ -63,6 +69,13 @@ RETRYABLE = (ConnectionError, TimeoutError, aiohttp.ClientConnectionError)
 BACKSTOP_TIMEOUT_S = SETTINGS.request_timeout_s + 10
 http = make_app()
 IMAGE_FORM = FormPolicy(max_file_bytes=SETTINGS.max_upload_bytes, fields=frozenset({"require_face"}))
+# Videos stream to a temp file as they arrive (the decoder process reads it from there).
+VIDEO_FORM = FormPolicy(
+    max_file_bytes=SETTINGS.video_max_bytes,
+    fields=frozenset({"frames", "fps"}),
+    spool_dir=Path(tempfile.gettempdir()),
+)
+VIDEO_PATHS = ("/api/v1/detect/video", "/api/v1/detect/video/jobs", "/detect_video")
 
 
 @bentoml.service(
@@ -153,6 +166,7 @@ class DeepfakeDetector:
             self.spec, str(self.model_ref.tag), SETTINGS.limits, self._predict, detector, faces,
             SETTINGS.decode_concurrency,
         )  # fmt: skip
+        self._init_video()
 
     async def __is_ready__(self) -> bool:
         return (await self._model_status()).ready
@@ -163,9 +177,30 @@ class DeepfakeDetector:
         # bind this app's routes to this instance (a process can hold several apps, as tests do).
         http.dependency_overrides[bentoml.get_current_service] = lambda: self
 
+    def _init_video(self) -> None:
+        from serving.jobs import JobStore
+        from serving.video_pipeline import VideoPipeline
+        from serving.video_worker import VideoWorkerPool
+
+        # The decoder processes start with the first video (a server that sees none keeps the memory).
+        self.videos = VideoPipeline(
+            self.spec, str(self.model_ref.tag), self._predict,
+            VideoWorkerPool(SETTINGS.video_concurrency, detector=None if not SETTINGS.face_detection else ""),
+            SETTINGS.video_limits, timeout_s=SETTINGS.video_timeout_s, max_faces=SETTINGS.max_faces,
+            default_frames=SETTINGS.video_frames,
+        )  # fmt: skip
+        jobs_dir = Path(SETTINGS.jobs_dir or Path(tempfile.gettempdir()) / "deepfake-video-jobs")
+        self.jobs = JobStore(jobs_dir, self._run_job, ttl_s=SETTINGS.job_ttl_s, max_jobs=SETTINGS.max_jobs)
+
+    @bentoml.on_startup
+    async def _start_jobs(self) -> None:
+        await self.jobs.start()
+
     @bentoml.on_shutdown
-    def _stop_decoding(self) -> None:
+    async def _stop(self) -> None:
         self.pipeline.close()
+        await self.jobs.close()
+        await self.videos.close()
 
     async def _predict(self, batch: np.ndarray) -> np.ndarray:
         try:
@@ -205,6 +240,80 @@ class DeepfakeDetector:
         run = self.pipeline.detect if route == "detect" else self.pipeline.detect_augmented
         return await run(upload.read(), require_face)
 
+    async def _video_form(self, request: Request) -> tuple[Upload, int | None, float | None]:
+        upload = await read_form(request.headers.raw, request.receive, VIDEO_FORM)
+        try:
+            frames = parse_number("frames", upload.fields.get("frames"), int, 1, 100_000)
+            fps = parse_number("fps", upload.fields.get("fps"), float, 0.001, 240)
+        except BaseException:
+            upload.discard()
+            raise
+        # A request for more frames than the cap gets the cap (`video.frames_sampled` says so).
+        return upload, None if frames is None else min(int(frames), SETTINGS.video_max_frames), fps
+
+    async def _detect_video(self, request: Request) -> VideoResponse:
+        upload, frames, fps = await self._video_form(request)
+        try:
+            assert upload.path is not None
+            return await self.videos.detect(upload.path, frames, fps)
+        finally:
+            upload.discard()
+
+    async def _run_job(self, path: Path, params: dict, progress: object) -> dict:
+        result = await self.videos.detect(
+            path, params.get("frames"), params.get("fps"), progress, timeout_s=SETTINGS.job_timeout_s
+        )  # type: ignore[arg-type]
+        return result.model_dump(mode="json")
+
+    async def _submit_job(self, request: Request) -> JobResponse:
+        from serving.jobs import JobStoreFull
+
+        upload, frames, fps = await self._video_form(request)
+        assert upload.path is not None
+        try:
+            job_id = await self.jobs.submit(upload.path, {"frames": frames, "fps": fps})
+        except JobStoreFull:
+            raise Overloaded("Too many video jobs are queued or running; retry later") from None
+        return await self._job(job_id)
+
+    async def _job(self, job_id: str) -> JobResponse:
+        from serving.jobs import JobNotFound
+
+        try:
+            status = self.jobs.status(job_id)
+            result = self.jobs.result(job_id) if status.state == "done" else None
+        except JobNotFound:
+            raise NotFound("No such video job (or its result has expired)") from None
+
+        def when(seconds: float | None) -> str | None:
+            return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
+
+        error = status.error
+        return JobResponse(
+            job_id=status.job_id,
+            state=status.state,
+            frames_done=status.done,
+            frames_total=status.total,
+            created_at=when(status.created_at) or "",
+            finished_at=when(status.finished_at),
+            expires_at=when(status.expires_at),
+            error=ErrorResponse(
+                error=error["message"], error_code=error["code"], timestamp=when(status.finished_at) or ""
+            )
+            if error
+            else None,
+            result=VideoResponse.model_validate(result) if result is not None else None,
+        )
+
+    async def _cancel_job(self, job_id: str) -> JobResponse:
+        from serving.jobs import JobNotFound
+
+        try:
+            await self.jobs.cancel(job_id)
+        except JobNotFound:
+            raise NotFound("No such video job (or its result has expired)") from None
+        return await self._job(job_id)
+
     # ---- The legacy routes, as the old backend served them (multipart field `file`).
     @http.post(
         "/api/v1/detect/",
@@ -229,6 +338,50 @@ class DeepfakeDetector:
     async def legacy_detect_augmented(self, request: Request) -> Response:
         """Seven variants of every face crop in one model batch; a majority vote per face."""
         return await answer_json(self._from_form(request, "augmented"), "POST /api/v1/detect/augmented")
+
+    @http.post(
+        "/api/v1/detect/video",
+        response_model=VideoResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=form_body({"frames": FRAMES, "fps": FPS}),
+        summary="Judge the faces of a short video, track by track",
+    )
+    async def legacy_detect_video(self, request: Request) -> Response:
+        """Sampled frames (default 32), faces on each, faces followed into tracks, each track
+        judged from all its frames; the video by its most-fake track. Long videos: the jobs."""
+        return await answer_json(self._detect_video(request), "POST /api/v1/detect/video")
+
+    @http.post(
+        "/api/v1/detect/video/jobs",
+        status_code=202,
+        response_model=JobResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=form_body({"frames": FRAMES, "fps": FPS}),
+        summary="Start a video job (for long videos): answers at once with its id",
+    )
+    async def submit_video_job(self, request: Request) -> Response:
+        response = await answer_json(self._submit_job(request), "POST /api/v1/detect/video/jobs")
+        if response.status_code == 200:
+            response.status_code = 202
+        return response
+
+    @http.get(
+        "/api/v1/detect/video/jobs/{job_id}",
+        response_model=JobResponse,
+        responses={404: {"model": ErrorResponse}},
+    )
+    async def get_video_job(self, job_id: str) -> Response:
+        """The job's state and progress; its result once done (kept `DEEPFAKE_JOB_TTL_S`)."""
+        return await answer_json(self._job(job_id), "GET /api/v1/detect/video/jobs")
+
+    @http.delete(
+        "/api/v1/detect/video/jobs/{job_id}",
+        response_model=JobResponse,
+        responses={404: {"model": ErrorResponse}},
+    )
+    async def cancel_video_job(self, job_id: str) -> Response:
+        """Stop the job (its decoder process is killed); a finished job is left as it is."""
+        return await answer_json(self._cancel_job(job_id), "DELETE /api/v1/detect/video/jobs")
 
     @http.get(
         "/api/v1/detect/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}}
@@ -260,6 +413,14 @@ class DeepfakeDetector:
             self.pipeline.detect_augmented(file.read_bytes(), require_face), "POST /detect_augmented"
         )
 
+    @bentoml.api(route="/detect_video")
+    async def detect_video(
+        self, file: Path, frames: int | None = None, fps: float | None = None
+    ) -> VideoResponse:
+        """Judge the faces of a short video, track by track (see the legacy route)."""
+        frames = None if frames is None else min(frames, SETTINGS.video_max_frames)
+        return await answer(self.videos.detect(file, frames, fps), "POST /detect_video")
+
     @bentoml.api(route="/health")
     async def health(self) -> HealthResponse:
         """Whether the model can serve."""
@@ -274,6 +435,7 @@ class DeepfakeDetector:
 CLIENT_ROUTES: dict[str, FormPolicy | None] = {
     "/detect": IMAGE_FORM,
     "/detect_augmented": IMAGE_FORM,
+    "/detect_video": VIDEO_FORM,
     "/health": None,
     "/model_info": None,
 }
@@ -286,13 +448,13 @@ DeepfakeDetector.add_asgi_middleware(RequestIdMiddleware)
 DeepfakeDetector.add_asgi_middleware(
     CORSMiddleware,
     allow_origins=list(SETTINGS.cors_origins),
-    allow_methods=["GET", "POST", "OPTIONS"],
+    allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
     allow_headers=["*"],
     expose_headers=["Retry-After", "X-Request-ID"],
 )
 DeepfakeDetector.add_asgi_middleware(
     EdgeMiddleware,
-    file_limit=lambda path: SETTINGS.max_upload_bytes,
+    file_limit=lambda path: SETTINGS.video_max_bytes if path in VIDEO_PATHS else SETTINGS.max_upload_bytes,
     drain_bytes=4 * SETTINGS.max_upload_bytes,
     upload_timeout_s=SETTINGS.upload_timeout,
     request_timeout_s=SETTINGS.request_timeout_s,
@@ -300,7 +462,7 @@ DeepfakeDetector.add_asgi_middleware(
 DeepfakeDetector.add_asgi_middleware(
     AccessMiddleware,
     guarded=("/api/v1/detect/", "/api/v1/detect", "/api/v1/detect/augmented", "/api/v1/detect/augmented/",
-             "/detect", "/detect_augmented"),
+             "/detect", "/detect_augmented", *VIDEO_PATHS),
     api_key=SETTINGS.api_key.get_secret_value() if SETTINGS.api_key else None,
     rate_limits=SETTINGS.rate_limits,
     trust_forwarded_for=SETTINGS.trust_forwarded_for,

@@ -352,3 +352,18 @@ def parse_bool(name: str, value: str | None) -> bool | None:
     if lowered in ("false", "0", "no", "off"):
         return False
     raise errors.bad_request(f"Form field '{name}' must be true or false, not {value[:40]!r}")
+
+
+def parse_number(
+    name: str, value: str | None, kind: type[int] | type[float], low: float, high: float
+) -> float | None:
+    """A form field's number within [low, high]; absent: None."""
+    if value is None or value == "":
+        return None
+    try:
+        number = kind(value)
+    except ValueError:
+        raise errors.bad_request(f"Form field '{name}' must be a number, not {value[:40]!r}") from None
+    if not low <= number <= high:
+        raise errors.bad_request(f"Form field '{name}' must be between {low:g} and {high:g}")
+    return number

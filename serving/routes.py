@@ -88,6 +88,8 @@ def form_body(fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+FRAMES = {"type": "integer", "description": "frames sampled, evenly spaced (default 32; capped)"}
+FPS = {"type": "number", "description": "frames sampled per second, instead of `frames`"}
 REQUIRE_FACE = {
     "type": "boolean",
     "description": "true: no face is a 422 NO_FACE; false: an answer that says so; default: the setting",

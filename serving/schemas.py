@@ -104,6 +104,86 @@ class AugmentedResponse(BaseModel):
     faces: list[AugmentedFace] = Field(description="Per face: its seven variants' vote (new)")
 
 
+class ErrorResponse(BaseModel):
+    error: str = Field(description="The legacy message (exact old strings for MISSING_FILE, EMPTY_FILE)")
+    error_code: str
+    timestamp: str
+    details: str | None = Field(None, description="More on the error, where there is more to say")
+
+
+class VideoStats(BaseModel):
+    duration_s: float
+    fps: float
+    width: int = Field(description="Upright frame width (after the rotation tag)")
+    height: int
+    rotation: int = Field(description="Degrees the stored frames were turned to be upright")
+    codec: str
+    container: str
+    frames_sampled: int
+    frames_decoded: int
+    frames_failed: int
+    strategy: str = Field(description="How the sampled frames were reached: seek or one pass")
+
+
+class VideoTimings(BaseModel):
+    decode_s: float = Field(description="Probing and decoding the sampled frames (in the worker)")
+    faces_s: float = Field(description="Face detection and crops (in the worker)")
+    model_s: float = Field(description="Model calls, overlapping the decoding")
+    total_s: float
+
+
+class TrackFrameResult(BaseModel):
+    time: float = Field(description="Seconds from the start of the video")
+    box: list[int] = Field(description="[x, y, width, height] in upright frame pixels")
+    fake_probability: float
+
+
+class TrackResult(BaseModel):
+    """One face followed across the sampled frames, judged from all of them."""
+
+    track_id: int
+    prediction: Label
+    fake_probability: float = Field(description="Mean P(fake) over the track's frames")
+    fake_share: float = Field(description="Share of its frames judged fake")
+    verdict: Verdict = Field(description=VERDICT)
+    frame_count: int
+    counted: bool = Field(description="Long enough to take part in the video's verdict")
+    start_s: float
+    end_s: float
+    frames: list[TrackFrameResult]
+
+
+class VideoResponse(BaseModel):
+    """The video by its tracks: the most-fake counted track, against the bar for that many."""
+
+    prediction: Label
+    confidence: float
+    fake_probability: float | None = Field(description="P(fake) of the video; null when no face was seen")
+    verdict: Verdict = Field(description=VERDICT)
+    processing_time: float
+    model_tag: str
+    face_detected: bool
+    track_count: int
+    fake_tracks: int = Field(description="Tracks whose own verdict is fake")
+    video: VideoStats
+    timings: VideoTimings
+    tracks: list[TrackResult]
+
+
+class JobResponse(BaseModel):
+    """A video job: its state, its progress and, once done, its result."""
+
+    job_id: str
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    frames_done: int
+    frames_total: int
+    created_at: str
+    finished_at: str | None = None
+    expires_at: str | None = Field(None, description="When the result is deleted")
+    error: ErrorResponse | None = Field(None, description="Why it failed, in the legacy error shape")
+    result: VideoResponse | None = None
+
+
 class HealthResponse(BaseModel):
     status: Literal["healthy", "unhealthy"]
     model_loaded: bool
@@ -137,13 +217,6 @@ class ModelInfoResponse(BaseModel):
     card: dict[str, Any]
     source: dict[str, Any]
     frameworks: dict[str, str]
-
-
-class ErrorResponse(BaseModel):
-    error: str = Field(description="The legacy message (exact old strings for MISSING_FILE, EMPTY_FILE)")
-    error_code: str
-    timestamp: str
-    details: str | None = Field(None, description="More on the error, where there is more to say")
 
 
 class ModelStatus(BaseModel):

@@ -16,12 +16,13 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from modeling.spec import DEFAULT_MODEL_NAME
-from preprocessing import faces
+from preprocessing import faces, video
 from preprocessing.decode import DecodeLimits
 from serving.access import parse_rate_limits
 
 ENV_PREFIX = "DEEPFAKE_"
 _LIMITS = DecodeLimits()
+_VIDEO = video.VideoLimits()
 
 
 class Settings(BaseSettings):
@@ -96,6 +97,36 @@ class Settings(BaseSettings):
     decode_concurrency: int = Field(
         2, gt=0, le=64, description="threads that decode and find faces per API worker (bounds decode memory)"
     )
+    # Video: the sync route for short clips, jobs for long ones (README, "Video").
+    video_max_bytes: int = Field(_VIDEO.max_bytes, gt=0, description="largest video upload, in bytes")
+    video_max_duration_s: float = Field(
+        _VIDEO.max_duration_s, gt=0, description="longest video, read from its header before decoding"
+    )
+    video_max_frame_pixels: int = Field(
+        _VIDEO.max_frame_pixels, gt=0, description="largest video frame, width x height, from the header"
+    )
+    video_frames: int = Field(
+        video.DEFAULT_FRAMES, gt=0, description="frames sampled from a video when the request names none"
+    )
+    video_max_frames: int = Field(
+        _VIDEO.max_frames, gt=0, le=2000, description="most frames one video request may sample"
+    )
+    video_concurrency: int = Field(
+        1, gt=0, le=16, description="video decoder processes per API worker: videos decoded at once"
+    )
+    video_timeout_s: float = Field(
+        45.0, gt=0, description="a synchronous video not decoded by then answers `422 VIDEO_TIMEOUT`"
+    )
+    job_timeout_s: float = Field(
+        900.0, gt=0, description="a video job not decoded by then fails `VIDEO_TIMEOUT`"
+    )
+    jobs_dir: str = Field(
+        "",
+        description="where video jobs keep their state and uploads, shared by the API workers (empty: "
+        "a folder in the temp dir)",
+    )
+    job_ttl_s: float = Field(3600.0, gt=0, description="a finished job's result is deleted this long after")
+    max_jobs: int = Field(100, gt=0, description="video jobs kept (queued, running and finished)")
     log_format: Literal["json", "text"] = Field(
         "json", description="`json` lines (with `request_id`, `trace_id`) or BentoML's `text`"
     )
@@ -120,6 +151,15 @@ class Settings(BaseSettings):
     @property
     def limits(self) -> DecodeLimits:
         return DecodeLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_image_pixels)
+
+    @property
+    def video_limits(self) -> video.VideoLimits:
+        return video.VideoLimits(
+            max_bytes=self.video_max_bytes,
+            max_duration_s=self.video_max_duration_s,
+            max_frame_pixels=self.video_max_frame_pixels,
+            max_frames=self.video_max_frames,
+        )
 
 
 class SettingsError(SystemExit):

@@ -1,0 +1,209 @@
+"""The data path of one video:
+upload (spooled to a file) -> worker process (probe, decode the sampled frames, faces, crops)
+-> model batches (each batch of frames as it arrives: decoding and the model overlap)
+-> tracks (serving/tracks.py) -> the answer.
+
+The worker pool's size is the video concurrency cap; a few more requests may wait for a
+worker, past that a video request answers 503 at once, so videos cannot take the service
+from image requests."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from modeling.spec import DECISION_POINT, ModelSpec
+from preprocessing.video import VideoLimits
+from serving.errors import Overloaded, ServiceError
+from serving.observability import record_verdict
+from serving.pipeline import Predict
+from serving.schemas import TrackFrameResult, TrackResult, VideoResponse, VideoStats, VideoTimings
+from serving.tracks import build_tracks, judge_video
+from serving.video_worker import (
+    Progress,
+    VideoAnalysis,
+    VideoRequest,
+    VideoWorkerError,
+    VideoWorkerPool,
+    concat_crops,
+)
+
+# Requests that may wait for a busy worker, per worker; past them: 503 SERVICE_OVERLOADED.
+QUEUE_PER_WORKER = 2
+
+
+class VideoDecodeFailed(ServiceError):
+    """The decoder process died on this video: a fault of the file as far as anyone can tell."""
+
+    status, code = 422, "VIDEO_DECODE_FAILED"
+    message = "The video could not be decoded (the decoder stopped on it)"
+
+
+class VideoPipeline:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        model_tag: str,
+        predict: Predict,
+        pool: VideoWorkerPool,
+        limits: VideoLimits,
+        *,
+        timeout_s: float,
+        max_faces: int,
+        default_frames: int,
+    ) -> None:
+        self.spec = spec
+        self.model_tag = model_tag
+        self.predict = predict
+        self.pool = pool
+        self.limits = limits
+        self.timeout_s = timeout_s
+        self.max_faces = max_faces
+        self.default_frames = default_frames
+        self._waiting = 0
+        self._started: asyncio.Task[None] | None = None
+
+    async def _pool(self) -> VideoWorkerPool:
+        """The decoder processes, started by the first video (until then they cost nothing)."""
+        if self._started is None or (self._started.done() and self._started.exception()):
+            self._started = asyncio.ensure_future(self.pool.start())
+        await asyncio.shield(self._started)
+        return self.pool
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def detect(
+        self,
+        path: Path,
+        frames: int | None = None,
+        fps: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> VideoResponse:
+        if self._waiting >= self.pool.size * (1 + QUEUE_PER_WORKER):
+            raise Overloaded()
+        started = time.perf_counter()
+        request = VideoRequest.for_spec(
+            self.spec,
+            frames=frames if frames is not None or fps is not None else self.default_frames,
+            fps=fps,
+            max_faces=self.max_faces,
+            limits=self.limits,
+        )
+        scoring: list[asyncio.Task[np.ndarray]] = []
+        model_s = 0.0
+
+        async def score(crops: np.ndarray) -> np.ndarray:
+            nonlocal model_s
+            t0 = time.perf_counter()
+            raw = await self.predict(crops)
+            model_s += time.perf_counter() - t0
+            return raw
+
+        def arrived(update: Progress) -> None:
+            crops = concat_crops(update.frames)
+            if len(crops):  # this batch of frames' crops go to the model while decoding goes on
+                scoring.append(asyncio.ensure_future(score(crops)))
+            if progress is not None:
+                progress(update.done, update.total)
+
+        self._waiting += 1
+        try:
+            pool = await self._pool()
+            analysis = await pool.analyze(
+                path, request, timeout_s=timeout_s or self.timeout_s, progress=arrived
+            )
+            raw = [float(r) for batch in await asyncio.gather(*scoring) for r in batch]
+        except VideoWorkerError as exc:
+            if "exited" in str(exc):
+                raise VideoDecodeFailed() from None
+            raise
+        finally:
+            self._waiting -= 1
+            for task in scoring:
+                task.cancel()
+        response = self._response(analysis, raw, started, model_s)
+        record_verdict("detect_video", response.verdict, len(response.tracks))
+        return response
+
+    def _response(
+        self, analysis: VideoAnalysis, raw: list[float], started: float, model_s: float
+    ) -> VideoResponse:
+        spec = self.spec
+        # Each crop's served P(fake) (decision at 0.5), as images are judged.
+        p_fake = [spec.judge(r).fake_probability for r in raw]
+        tracks = build_tracks(analysis.detections(p_fake))
+        judged = judge_video(
+            tracks,
+            analysis.stats.sampled,
+            judge=lambda p: "fake" if p >= DECISION_POINT else "real",
+            threshold_for=lambda n: 1.0 / (1.0 + math.exp(-spec.group_shift(n))),
+        )
+        info, stats = analysis.info, analysis.stats
+        video = VideoStats(
+            duration_s=info.duration_s,
+            fps=info.fps,
+            width=info.width,
+            height=info.height,
+            rotation=info.rotation,
+            codec=info.codec,
+            container=info.container,
+            frames_sampled=stats.sampled,
+            frames_decoded=stats.decoded,
+            frames_failed=stats.failed,
+            strategy=stats.strategy,
+        )
+        timings = VideoTimings(
+            decode_s=stats.probe_s + stats.decode_s,
+            faces_s=stats.detect_s + stats.crop_s,
+            model_s=model_s,
+            total_s=time.perf_counter() - started,
+        )
+        if judged is None:  # no face in any sampled frame: no verdict, as for an image
+            return VideoResponse(
+                prediction="real", confidence=0.5, fake_probability=None, verdict="no_face",
+                processing_time=time.perf_counter() - started, model_tag=self.model_tag,
+                face_detected=False, track_count=0, fake_tracks=0, video=video, timings=timings, tracks=[],
+            )  # fmt: skip
+        deciding = next(v for v in judged.tracks if v.track.track_id == judged.deciding_track_id)
+        logit = math.log(max(deciding.p_fake, 1e-7) / max(1.0 - deciding.p_fake, 1e-7))
+        image = spec.judge_logit(logit - spec.group_shift(judged.counted))
+        return VideoResponse(
+            prediction=image.prediction,
+            confidence=image.confidence,
+            fake_probability=image.fake_probability,
+            verdict=image.verdict,
+            processing_time=time.perf_counter() - started,
+            model_tag=self.model_tag,
+            face_detected=True,
+            track_count=len(judged.tracks),
+            fake_tracks=sum(v.prediction == "fake" for v in judged.tracks),
+            video=video,
+            timings=timings,
+            tracks=[
+                TrackResult(
+                    track_id=v.track.track_id,
+                    prediction="fake" if v.p_fake >= DECISION_POINT else "real",
+                    fake_probability=v.p_fake,
+                    fake_share=v.share_fake,
+                    verdict=spec.verdict_of(v.p_fake),
+                    frame_count=v.track.frame_count,
+                    counted=v.counted,
+                    start_s=v.track.start_s,
+                    end_s=v.track.end_s,
+                    frames=[
+                        TrackFrameResult(
+                            time=f.time_s, box=[round(c) for c in f.box], fake_probability=f.p_fake
+                        )
+                        for f in v.track.frames
+                    ],
+                )
+                for v in judged.tracks
+            ],
+        )
