@@ -15,6 +15,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import bentoml
@@ -24,6 +25,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
 from modeling.spec import ModelSpec
+from preprocessing.errors import InputError
 from serving.access import AccessMiddleware
 from serving.bentoml_adapter import use_greedy_batching
 from serving.edge import ClientRoutePolicy, EdgeMiddleware, RequestIdMiddleware
@@ -34,6 +36,7 @@ from serving.pipeline import DetectionPipeline, FaceSettings
 from serving.reports import health_report, model_info_report
 from serving.routes import (
     ERROR_RESPONSES,
+    EXPLAIN,
     FPS,
     FRAMES,
     REQUIRE_FACE,
@@ -68,11 +71,13 @@ RETRYABLE = (ConnectionError, TimeoutError, aiohttp.ClientConnectionError)
 # BentoML's own request timeout stays behind the edge's, so the edge's legacy 504 comes first.
 BACKSTOP_TIMEOUT_S = SETTINGS.request_timeout_s + 10
 http = make_app()
-IMAGE_FORM = FormPolicy(max_file_bytes=SETTINGS.max_upload_bytes, fields=frozenset({"require_face"}))
+IMAGE_FORM = FormPolicy(
+    max_file_bytes=SETTINGS.max_upload_bytes, fields=frozenset({"require_face", "explain"})
+)
 # Videos stream to a temp file as they arrive (the decoder process reads it from there).
 VIDEO_FORM = FormPolicy(
     max_file_bytes=SETTINGS.video_max_bytes,
-    fields=frozenset({"frames", "fps"}),
+    fields=frozenset({"frames", "fps", "explain"}),
     spool_dir=Path(tempfile.gettempdir()),
 )
 VIDEO_PATHS = ("/api/v1/detect/video", "/api/v1/detect/video/jobs", "/detect_video")
@@ -95,6 +100,7 @@ class FaceClassifier:
         self.spec = ModelSpec.from_metadata(self.model_ref.info.metadata)
         self.error: str | None = None
         self.classifier: Classifier | None = None
+        self.explainer: Any = None  # built by the first heatmap asked for (a traced gradient pass)
         self.last_call = time.monotonic()
         try:
             self.classifier = Classifier.load(Path(self.model_ref.path), self.spec)  # loads and warms up
@@ -126,6 +132,27 @@ class FaceClassifier:
         metrics().batch_seconds.observe(time.perf_counter() - started)
         metrics().batch_images.observe(len(images))
         return raw
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
+    def explain(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) crops to their Grad-CAM maps toward "fake", packed for the API
+        (modeling/explain.pack_maps): one forward and backward pass for the whole batch."""
+        from modeling.explain import explainer_for_model, pack_maps
+
+        self.last_call = time.monotonic()
+        if self.classifier is None:
+            raise bentoml.exceptions.InternalServerError(self.error or "model not loaded")
+        if self.explainer is None:
+            try:
+                self.explainer = explainer_for_model(self.classifier.differentiable(), self.spec)
+            except ValueError as exc:  # no layer to explain with: the client asked the impossible
+                raise bentoml.exceptions.UnprocessableEntity(str(exc)) from None
+        _, maps = self.explainer(images)
+        return pack_maps(self.explainer, maps)
 
     @bentoml.api
     def status(self) -> ModelStatus:
@@ -164,7 +191,7 @@ class DeepfakeDetector:
         )
         self.pipeline = DetectionPipeline(
             self.spec, str(self.model_ref.tag), SETTINGS.limits, self._predict, detector, faces,
-            SETTINGS.decode_concurrency,
+            SETTINGS.decode_concurrency, explain=self._explain,
         )  # fmt: skip
         self._init_video()
 
@@ -187,7 +214,7 @@ class DeepfakeDetector:
             self.spec, str(self.model_ref.tag), self._predict,
             VideoWorkerPool(SETTINGS.video_concurrency, detector=None if not SETTINGS.face_detection else ""),
             SETTINGS.video_limits, timeout_s=SETTINGS.video_timeout_s, max_faces=SETTINGS.max_faces,
-            default_frames=SETTINGS.video_frames,
+            default_frames=SETTINGS.video_frames, explain=self._explain,
         )  # fmt: skip
         jobs_dir = Path(SETTINGS.jobs_dir or Path(tempfile.gettempdir()) / "deepfake-video-jobs")
         self.jobs = JobStore(jobs_dir, self._run_job, ttl_s=SETTINGS.job_ttl_s, max_jobs=SETTINGS.max_jobs)
@@ -203,15 +230,26 @@ class DeepfakeDetector:
         await self.videos.close()
 
     async def _predict(self, batch: np.ndarray) -> np.ndarray:
+        return await self._model_call("predict", batch)
+
+    async def _explain(self, batch: np.ndarray) -> np.ndarray:
+        return await self._model_call("explain", batch)
+
+    async def _model_call(self, method: str, batch: np.ndarray) -> np.ndarray:
+        call = getattr(self.classifier.to_async, method)
         try:
             try:
-                return await self.classifier.to_async.predict(batch)
+                return await call(batch)
             except RETRYABLE:
                 logger.warning("model service connection failed; retrying once")
-                return await self.classifier.to_async.predict(batch)
+                return await call(batch)
         except bentoml.exceptions.ServiceUnavailable:
             # The batching queue shed the call: it would not finish within max_latency_ms.
             raise Overloaded() from None
+        except bentoml.exceptions.UnprocessableEntity:
+            raise InputError(
+                422, "EXPLAIN_UNAVAILABLE", "This model has no layer to compute heatmaps on"
+            ) from None
         except (bentoml.exceptions.BentoMLException, *RETRYABLE) as exc:
             raise ModelUnavailable(details=f"{type(exc).__name__}") from None
 
@@ -237,41 +275,42 @@ class DeepfakeDetector:
     async def _from_form(self, request: Request, route: str) -> DetectResponse | AugmentedResponse:
         upload = await read_form(request.headers.raw, request.receive, IMAGE_FORM)
         require_face = parse_bool("require_face", upload.fields.get("require_face"))
+        explain = parse_bool("explain", upload.fields.get("explain")) or False
         run = self.pipeline.detect if route == "detect" else self.pipeline.detect_augmented
-        return await run(upload.read(), require_face)
+        return await run(upload.read(), require_face, explain)
 
-    async def _video_form(self, request: Request) -> tuple[Upload, int | None, float | None]:
+    async def _video_form(self, request: Request) -> tuple[Upload, dict[str, Any]]:
         upload = await read_form(request.headers.raw, request.receive, VIDEO_FORM)
         try:
             frames = parse_number("frames", upload.fields.get("frames"), int, 1, 100_000)
             fps = parse_number("fps", upload.fields.get("fps"), float, 0.001, 240)
+            explain = parse_bool("explain", upload.fields.get("explain")) or False
         except BaseException:
             upload.discard()
             raise
         # A request for more frames than the cap gets the cap (`video.frames_sampled` says so).
-        return upload, None if frames is None else min(int(frames), SETTINGS.video_max_frames), fps
+        frames = None if frames is None else min(int(frames), SETTINGS.video_max_frames)
+        return upload, {"frames": frames, "fps": fps, "explain": explain}
 
     async def _detect_video(self, request: Request) -> VideoResponse:
-        upload, frames, fps = await self._video_form(request)
+        upload, params = await self._video_form(request)
         try:
             assert upload.path is not None
-            return await self.videos.detect(upload.path, frames, fps)
+            return await self.videos.detect(upload.path, **params)
         finally:
             upload.discard()
 
-    async def _run_job(self, path: Path, params: dict, progress: object) -> dict:
-        result = await self.videos.detect(
-            path, params.get("frames"), params.get("fps"), progress, timeout_s=SETTINGS.job_timeout_s
-        )  # type: ignore[arg-type]
+    async def _run_job(self, path: Path, params: dict[str, Any], progress: Any) -> dict[str, Any]:
+        result = await self.videos.detect(path, **params, progress=progress, timeout_s=SETTINGS.job_timeout_s)
         return result.model_dump(mode="json")
 
     async def _submit_job(self, request: Request) -> JobResponse:
         from serving.jobs import JobStoreFull
 
-        upload, frames, fps = await self._video_form(request)
+        upload, params = await self._video_form(request)
         assert upload.path is not None
         try:
-            job_id = await self.jobs.submit(upload.path, {"frames": frames, "fps": fps})
+            job_id = await self.jobs.submit(upload.path, params)
         except JobStoreFull:
             raise Overloaded("Too many video jobs are queued or running; retry later") from None
         return await self._job(job_id)
@@ -319,7 +358,7 @@ class DeepfakeDetector:
         "/api/v1/detect/",
         response_model=DetectResponse,
         responses=ERROR_RESPONSES,
-        openapi_extra=form_body({"require_face": REQUIRE_FACE}),
+        openapi_extra=form_body({"require_face": REQUIRE_FACE, "explain": EXPLAIN}),
         summary="Judge every face in one image",
     )
     @http.post("/api/v1/detect", include_in_schema=False)
@@ -331,7 +370,7 @@ class DeepfakeDetector:
         "/api/v1/detect/augmented",
         response_model=AugmentedResponse,
         responses=ERROR_RESPONSES,
-        openapi_extra=form_body({"require_face": REQUIRE_FACE}),
+        openapi_extra=form_body({"require_face": REQUIRE_FACE, "explain": EXPLAIN}),
         summary="Judge seven test-time variants of every face, and vote",
     )
     @http.post("/api/v1/detect/augmented/", include_in_schema=False)
@@ -343,7 +382,7 @@ class DeepfakeDetector:
         "/api/v1/detect/video",
         response_model=VideoResponse,
         responses=ERROR_RESPONSES,
-        openapi_extra=form_body({"frames": FRAMES, "fps": FPS}),
+        openapi_extra=form_body({"frames": FRAMES, "fps": FPS, "explain": EXPLAIN}),
         summary="Judge the faces of a short video, track by track",
     )
     async def legacy_detect_video(self, request: Request) -> Response:
@@ -356,7 +395,7 @@ class DeepfakeDetector:
         status_code=202,
         response_model=JobResponse,
         responses=ERROR_RESPONSES,
-        openapi_extra=form_body({"frames": FRAMES, "fps": FPS}),
+        openapi_extra=form_body({"frames": FRAMES, "fps": FPS, "explain": EXPLAIN}),
         summary="Start a video job (for long videos): answers at once with its id",
     )
     async def submit_video_job(self, request: Request) -> Response:
@@ -402,16 +441,19 @@ class DeepfakeDetector:
 
     # ---- The Python client's routes (bentoml.SyncHTTPClient builds its methods from these).
     @bentoml.api(route="/detect")
-    async def detect(self, file: Path, require_face: bool | None = None) -> DetectResponse:
+    async def detect(
+        self, file: Path, require_face: bool | None = None, explain: bool = False
+    ) -> DetectResponse:
         """Judge every face in one image; the image by its most-fake face (see the legacy route)."""
-        return await answer(self.pipeline.detect(file.read_bytes(), require_face), "POST /detect")
+        return await answer(self.pipeline.detect(file.read_bytes(), require_face, explain), "POST /detect")
 
     @bentoml.api(route="/detect_augmented")
-    async def detect_augmented(self, file: Path, require_face: bool | None = None) -> AugmentedResponse:
+    async def detect_augmented(
+        self, file: Path, require_face: bool | None = None, explain: bool = False
+    ) -> AugmentedResponse:
         """Judge seven test-time variants of every face (one model batch) and vote per face."""
-        return await answer(
-            self.pipeline.detect_augmented(file.read_bytes(), require_face), "POST /detect_augmented"
-        )
+        work = self.pipeline.detect_augmented(file.read_bytes(), require_face, explain)
+        return await answer(work, "POST /detect_augmented")
 
     @bentoml.api(route="/detect_video")
     async def detect_video(

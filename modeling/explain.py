@@ -367,3 +367,39 @@ def explain_batch(
     forward and backward pass over the uint8 crops (N, H, W, 3). With "positive" scaling a
     face with no evidence toward "fake" at `layer` gets an all-zero map."""
     return explainer_for(model, spec, layer, method, scaling)(images)
+
+
+# ---- between the services -----------------------------------------------------------------
+OVERLAY_PX = 64  # the heatmap overlay's side, in pixels of its PNG
+
+
+def explainer_for_model(model: Any, spec: ModelSpec) -> Explainer:
+    """The default layer's explainer, or (a model without it, e.g. an imported one) the last
+    layer with a spatial output that cuts the model in two."""
+    names = [DEFAULT_LAYER] + [
+        layer.name for layer in reversed(model.layers) if len(layer.output.shape) == 4
+    ]
+    for name in dict.fromkeys(names):
+        try:
+            return explainer_for(model, spec, name)
+        except ValueError:
+            continue
+    raise ValueError("the model has no spatial layer to explain its decision with")
+
+
+def pack_maps(explainer: Explainer, maps: np.ndarray) -> np.ndarray:
+    """(N, h, w) cell maps -> (N, 2 + S*S): the cell counts, then each map laid over the crop
+    square at S = OVERLAY_PX (aligned with the cells' receptive fields), for the API process."""
+    h, w = explainer.grid.cells
+    laid = [resample(m, explainer.grid, (OVERLAY_PX, OVERLAY_PX)).reshape(-1) for m in maps]
+    head = np.tile(np.array([h, w], np.float32), (len(maps), 1))
+    body = np.stack(laid).astype(np.float32) if laid else np.zeros((0, OVERLAY_PX**2), np.float32)
+    return np.concatenate([head, body], axis=1)
+
+
+def unpack_maps(packed: np.ndarray) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """`pack_maps` undone: per face, its cell counts and its OVERLAY_PX-square map."""
+    return [
+        ((int(row[0]), int(row[1])), np.asarray(row[2:], np.float32).reshape(OVERLAY_PX, OVERLAY_PX))
+        for row in np.asarray(packed)
+    ]

@@ -39,6 +39,10 @@ class Classifier:
         x = normalize(images, self.spec.normalization)
         return np.asarray(self.model.predict_on_batch(x), dtype=np.float32).reshape(len(images))
 
+    def differentiable(self) -> Any:
+        """The Keras model gradients can flow through (heatmaps, modeling/explain.py)."""
+        return self.model
+
     def describe(self) -> dict[str, Any]:
         return {
             "input_shape": list(self.model.inputs[0].shape),

@@ -8,6 +8,7 @@ part (`prepare`) runs in a worker thread, off the event loop."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from modeling.explain import crop_square, heatmap_png, unpack_maps
 from modeling.spec import DECISION_POINT, ModelSpec, Verdict
 from preprocessing import errors
 from preprocessing import faces as face_defaults
@@ -33,15 +35,22 @@ from serving.schemas import (
     AugmentedResponse,
     DebugInfo,
     DetectResponse,
+    Explanation,
     FaceResult,
+    Heatmap,
     InputKind,
 )
 from serving.verdicts import ImageJudgement, judge_faces, vote
 
 T = TypeVar("T")
 
-# uint8 (N, H, W, 3) -> raw sigmoid outputs (N,)
+# uint8 (N, H, W, 3) -> raw sigmoid outputs (N,); Explain: -> maps packed by modeling.explain
 Predict = Callable[[np.ndarray], Awaitable[np.ndarray]]
+Explain = Callable[[np.ndarray], Awaitable[np.ndarray]]
+EXPLANATION = Explanation(
+    method="Grad-CAM of the decision toward fake (modeling/explain.py), positive evidence only",
+    model="the served network, in float32 Keras",
+)
 
 
 @dataclass(frozen=True)
@@ -87,8 +96,10 @@ class DetectionPipeline:
         detector: FaceDetector | None = None,
         faces: FaceSettings | None = None,
         decode_concurrency: int = 2,
+        explain: Explain | None = None,
     ) -> None:
         self.spec = spec
+        self.explain = explain
         self.model_tag = model_tag
         self.limits = limits
         self.predict = predict
@@ -151,8 +162,32 @@ class DetectionPipeline:
             return [([0, 0, width, height], None)]
         return [(list(clip_box(face.box, prepared.image_size)), face.score) for face in prepared.faces]
 
+    async def _heatmaps(self, prepared: Prepared, crops: np.ndarray) -> list[Heatmap]:
+        """One heatmap per crop, from one batched call, each with the square it lies over."""
+        if self.explain is None:
+            raise errors.InputError(422, "EXPLAIN_UNAVAILABLE", "This server computes no heatmaps")
+        packed = await self.explain(crops)
+        if prepared.kind == "photo":
+            squares = [
+                list(crop_square(face, margin=self.spec.face_margin, align=self.spec.face_align).box)
+                for face in prepared.faces
+            ]
+        else:  # the whole upload was the crop (stretched to the model's input)
+            squares = [[0, 0, *prepared.image_size]]
+        maps = await self._off_loop(
+            lambda: [(cells, heatmap_png(laid)) for cells, laid in unpack_maps(packed)]
+        )
+        return [
+            Heatmap(png=base64.b64encode(png).decode(), box=box, map_size=list(cells))
+            for (cells, png), box in zip(maps, squares, strict=True)
+        ]
+
     def _detect_response(
-        self, prepared: Prepared, judged: ImageJudgement | None, started: float
+        self,
+        prepared: Prepared,
+        judged: ImageJudgement | None,
+        started: float,
+        heatmaps: list[Heatmap] | None = None,
     ) -> DetectResponse:
         """The image's answer; `judged` None: no face, nothing was shown to the model."""
         height, width = self.spec.input_size
@@ -177,21 +212,30 @@ class DetectionPipeline:
             fake_faces=judged.fake_faces if judged else 0,
             image_size=list(prepared.image_size),
             faces=[
-                _face_result(box, score, verdict)
-                for (box, score), verdict in zip(self._boxes(prepared), judged.faces, strict=True)
+                _face_result(box, score, verdict, heatmaps[i] if heatmaps else None)
+                for i, ((box, score), verdict) in enumerate(
+                    zip(self._boxes(prepared), judged.faces, strict=True)
+                )
             ]
             if judged
             else [],
+            explanation=EXPLANATION if heatmaps else None,
         )
 
-    async def detect(self, data: bytes, require_face: bool | None = None) -> DetectResponse:
+    async def detect(
+        self, data: bytes, require_face: bool | None = None, explain: bool = False
+    ) -> DetectResponse:
         started = time.perf_counter()
         prepared = await self._off_loop(self.prepare, data, require_face)
-        judged = None
+        judged, heatmaps = None, None
         if prepared.crops:
-            raw = await self.predict(np.stack(prepared.crops))  # all faces: one call, batched
+            crops = np.stack(prepared.crops)
+            if explain:  # the verdicts stay the served model's; the maps come beside them
+                raw, heatmaps = await asyncio.gather(self.predict(crops), self._heatmaps(prepared, crops))
+            else:
+                raw = await self.predict(crops)  # all faces: one call, batched
             judged = judge_faces(self.spec, [float(r) for r in raw])
-        response = self._detect_response(prepared, judged, started)
+        response = self._detect_response(prepared, judged, started, heatmaps)
         record_verdict("detect", response.verdict, len(prepared.faces))
         return response
 
@@ -206,14 +250,23 @@ class DetectionPipeline:
         height, width = self.spec.input_size
         return prepared, np.stack(variants) if variants else np.zeros((0, height, width, 3), np.uint8)
 
-    async def detect_augmented(self, data: bytes, require_face: bool | None = None) -> AugmentedResponse:
+    async def detect_augmented(
+        self, data: bytes, require_face: bool | None = None, explain: bool = False
+    ) -> AugmentedResponse:
         started = time.perf_counter()
         prepared, batch = await self._off_loop(self.augmented_batch, data, require_face)
         if not prepared.crops:
             record_verdict("detect_augmented", "no_face", 0)
             return self._no_face_augmented(prepared, started)
         names = list(VARIANTS)
-        raw = [float(r) for r in await self.predict(batch)]  # every variant of every face: one batch
+        heatmaps = None
+        if explain:  # maps of the original crops, beside the variants' batch
+            scored, heatmaps = await asyncio.gather(
+                self.predict(batch), self._heatmaps(prepared, np.stack(prepared.crops))
+            )
+        else:
+            scored = await self.predict(batch)  # every variant of every face: one batch
+        raw = [float(r) for r in scored]
         per_crop = [raw[i : i + len(names)] for i in range(0, len(raw), len(names))]
         # Each face's own vote; the legacy fields follow the most-fake face, judged against the
         # bar for a photo of this many faces (as detect judges the image).
@@ -223,7 +276,7 @@ class DetectionPipeline:
         record_verdict("detect_augmented", image.verdict, len(prepared.faces))
         originals = judge_faces(self.spec, [crop[0] for crop in per_crop])
         return AugmentedResponse(
-            original_prediction=self._detect_response(prepared, originals, started),
+            original_prediction=self._detect_response(prepared, originals, started, heatmaps),
             augmented_predictions=[
                 AugmentedPrediction(
                     augmentation_type=name,
@@ -255,8 +308,9 @@ class DetectionPipeline:
                     verdict=v.verdict,
                     variants_fake=v.fakes,
                     spread=v.spread,
+                    heatmap=heatmaps[i] if heatmaps else None,
                 )
-                for (box, score), v in zip(self._boxes(prepared), votes, strict=True)
+                for i, ((box, score), v) in enumerate(zip(self._boxes(prepared), votes, strict=True))
             ],
         )
 
@@ -281,7 +335,9 @@ class DetectionPipeline:
         )
 
 
-def _face_result(box: list[int], score: float | None, verdict: Verdict) -> FaceResult:
+def _face_result(
+    box: list[int], score: float | None, verdict: Verdict, heatmap: Heatmap | None
+) -> FaceResult:
     return FaceResult(
         box=box,
         detector_score=score,
@@ -289,4 +345,5 @@ def _face_result(box: list[int], score: float | None, verdict: Verdict) -> FaceR
         confidence=verdict.confidence,
         fake_probability=verdict.fake_probability,
         verdict=verdict.verdict,
+        heatmap=heatmap,
     )

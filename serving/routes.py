@@ -88,6 +88,10 @@ def form_body(fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+EXPLAIN = {
+    "type": "boolean",
+    "description": "true: a heatmap per face (Grad-CAM of the decision toward fake), a PNG laid over `box`",
+}
 FRAMES = {"type": "integer", "description": "frames sampled, evenly spaced (default 32; capped)"}
 FPS = {"type": "number", "description": "frames sampled per second, instead of `frames`"}
 REQUIRE_FACE = {

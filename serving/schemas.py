@@ -30,6 +30,20 @@ class DebugInfo(BaseModel):
     output_meaning: str = Field(description="What the raw output is the probability of (new)")
 
 
+class Heatmap(BaseModel):
+    """Where in the face the model looked for its "fake" decision (Grad-CAM), as a PNG to lay
+    over the photo, semi-transparent, at `box` (the square the face crop was cut from)."""
+
+    png: str = Field(description="Base64 RGBA PNG (64 x 64): colour and opacity grow with the evidence")
+    box: list[int] = Field(description="[x, y, side, side] in image pixels; may extend past the edges")
+    map_size: list[int] = Field(description="[rows, columns] of the model's own map (its layer's cells)")
+
+
+class Explanation(BaseModel):
+    method: str = Field(description="How the heatmaps were made")
+    model: str = Field(description="Which model the heatmaps are of; the verdicts are the served model's")
+
+
 class FaceResult(BaseModel):
     box: list[int] = Field(description="[x, y, width, height] in pixels of the upright image")
     detector_score: float | None = Field(
@@ -39,6 +53,7 @@ class FaceResult(BaseModel):
     confidence: float = Field(description="Probability of this face's label, >= 0.5")
     fake_probability: float = Field(description="P(fake) of this face; fake when >= 0.5")
     verdict: Verdict = Field(description=VERDICT)
+    heatmap: Heatmap | None = Field(None, description="With explain=true (new)")
 
 
 class DetectResponse(BaseModel):
@@ -60,6 +75,7 @@ class DetectResponse(BaseModel):
     fake_faces: int = Field(description="Faces whose own verdict is fake (new)")
     image_size: list[int] = Field(description="[width, height] of the upright image, as `box` reads it (new)")
     faces: list[FaceResult] = Field(description="Every face judged, largest first (new)")
+    explanation: Explanation | None = Field(None, description="With explain=true (new)")
 
 
 class AugmentedPrediction(BaseModel):
@@ -151,6 +167,10 @@ class TrackResult(BaseModel):
     start_s: float
     end_s: float
     frames: list[TrackFrameResult]
+    heatmap: Heatmap | None = Field(
+        None, description="With explain=true: on the track's most-fake frame (new)"
+    )
+    heatmap_time: float | None = Field(None, description="The time of that frame (new)")
 
 
 class VideoResponse(BaseModel):

@@ -10,6 +10,7 @@ from image requests."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import time
 from collections.abc import Callable
@@ -17,12 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from modeling.explain import crop_square, heatmap_png, unpack_maps
 from modeling.spec import DECISION_POINT, ModelSpec
+from preprocessing.errors import InputError
+from preprocessing.faces import Face
 from preprocessing.video import VideoLimits
 from serving.errors import Overloaded, ServiceError
 from serving.observability import record_verdict
-from serving.pipeline import Predict
-from serving.schemas import TrackFrameResult, TrackResult, VideoResponse, VideoStats, VideoTimings
+from serving.pipeline import Explain, Predict
+from serving.schemas import Heatmap, TrackFrameResult, TrackResult, VideoResponse, VideoStats, VideoTimings
 from serving.tracks import build_tracks, judge_video
 from serving.video_worker import (
     Progress,
@@ -56,8 +60,10 @@ class VideoPipeline:
         timeout_s: float,
         max_faces: int,
         default_frames: int,
+        explain: Explain | None = None,
     ) -> None:
         self.spec = spec
+        self.explain = explain
         self.model_tag = model_tag
         self.predict = predict
         self.pool = pool
@@ -85,6 +91,7 @@ class VideoPipeline:
         fps: float | None = None,
         progress: Callable[[int, int], None] | None = None,
         timeout_s: float | None = None,
+        explain: bool = False,
     ) -> VideoResponse:
         if self._waiting >= self.pool.size * (1 + QUEUE_PER_WORKER):
             raise Overloaded()
@@ -129,8 +136,30 @@ class VideoPipeline:
             for task in scoring:
                 task.cancel()
         response = self._response(analysis, raw, started, model_s)
+        if explain and response.tracks:
+            await self._explain_tracks(analysis, response)
         record_verdict("detect_video", response.verdict, len(response.tracks))
         return response
+
+    async def _explain_tracks(self, analysis: VideoAnalysis, response: VideoResponse) -> None:
+        """A heatmap per track, on its most-fake frame: one batched call for all tracks."""
+        if self.explain is None:
+            raise InputError(422, "EXPLAIN_UNAVAILABLE", "This server computes no heatmaps")
+        chosen = []
+        for track in response.tracks:
+            best = max(track.frames, key=lambda f: f.fake_probability)
+            frame = next(f for f in analysis.frames if f.time_s == best.time)
+            index = min(
+                range(len(frame.boxes)),
+                key=lambda j: sum(abs(a - b) for a, b in zip(frame.boxes[j], best.box, strict=True)),
+            )
+            chosen.append((track, best, frame.crops[index], frame.boxes[index]))
+        packed = await self.explain(np.stack([crop for _, _, crop, _ in chosen]))
+        for (track, best, _, box), (cells, laid) in zip(chosen, unpack_maps(packed), strict=True):
+            square = crop_square(Face(tuple(round(v) for v in box), 1.0, {}), margin=self.spec.face_margin)
+            png = base64.b64encode(heatmap_png(laid)).decode()
+            track.heatmap = Heatmap(png=png, box=list(square.box), map_size=list(cells))
+            track.heatmap_time = best.time
 
     def _response(
         self, analysis: VideoAnalysis, raw: list[float], started: float, model_s: float

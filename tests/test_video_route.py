@@ -110,3 +110,11 @@ def test_the_python_client_sends_a_video(server: ServerProcess, tmp_path: Path) 
     with bentoml.SyncHTTPClient(server.url) as client:
         result = client.detect_video(file=video, frames=8)
     assert result["video"]["frames_sampled"] == 8 and result["track_count"] >= 1
+
+
+def test_explain_gives_each_track_a_heatmap(app: TestClient) -> None:
+    response = post(app, "two_faces.mp4", frames="6", explain="true")
+    body = response.json()
+    assert response.status_code == 200, body
+    for track in body["tracks"]:
+        assert track["heatmap"]["png"] and track["heatmap_time"] in [f["time"] for f in track["frames"]]
