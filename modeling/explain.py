@@ -376,9 +376,7 @@ OVERLAY_PX = 64  # the heatmap overlay's side, in pixels of its PNG
 def explainer_for_model(model: Any, spec: ModelSpec) -> Explainer:
     """The default layer's explainer, or (a model without it, e.g. an imported one) the last
     layer with a spatial output that cuts the model in two."""
-    names = [DEFAULT_LAYER] + [
-        layer.name for layer in reversed(model.layers) if len(layer.output.shape) == 4
-    ]
+    names = [DEFAULT_LAYER] + [layer.name for layer in reversed(model.layers) if len(layer.output.shape) == 4]
     for name in dict.fromkeys(names):
         try:
             return explainer_for(model, spec, name)
