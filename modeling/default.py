@@ -99,6 +99,20 @@ def build_default_classifier(weights: Path = WEIGHTS) -> Any:
     return model
 
 
+# Recipes before "detector" was recorded were all cut from MTCNN boxes (preprocessing.faces).
+LEGACY_DETECTOR = "mtcnn"
+
+
+def spec_fields(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The ModelSpec fields a recipe carries beyond the import options: verdict bands, the
+    multi-face rule, the face detector of the training crops, and how it was calibrated."""
+    fields: dict[str, Any] = {"detector": recipe.get("detector") or LEGACY_DETECTOR}
+    for key in ("verdict_bands", "group", "calibration"):
+        if key in recipe:
+            fields[key] = recipe[key]
+    return fields
+
+
 def build_default_model(workdir: Path) -> tuple[Path, dict[str, object]]:
     """Write the default model file into `workdir`; return it and its import options."""
     recipe = read_recipe()
@@ -113,4 +127,5 @@ def build_default_model(workdir: Path) -> tuple[Path, dict[str, object]]:
         "card": card,
         "description": DESCRIPTION.format(n_crops=recipe["data"]["crops"]),
         "placeholder": False,
+        "spec_fields": spec_fields(recipe),
     }

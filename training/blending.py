@@ -45,7 +45,7 @@ def face_mask(size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
 
 def self_blend(target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """An SBI pseudo-fake of a uint8 (H, W, 3) real crop."""
-    source = _frequency_jitter(_colour_jitter(target.astype(np.float32), rng), rng)
+    source = frequency_jitter(_colour_jitter(target.astype(np.float32), rng), rng)
     source = _spatial_jitter(source, rng)
     return _blend(source, target, face_mask(_size(target), rng))
 
@@ -53,7 +53,7 @@ def self_blend(target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def xray_blend(target: np.ndarray, donor: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A Face X-ray style pseudo-fake: `donor`'s inner face pasted into `target`."""
     mask = face_mask(_size(target), rng)
-    source = _spatial_jitter(_match_colours(donor.astype(np.float32), target.astype(np.float32), mask), rng)
+    source = _spatial_jitter(match_colours(donor.astype(np.float32), target.astype(np.float32), mask), rng)
     return _blend(source, target, mask)
 
 
@@ -74,7 +74,7 @@ def _colour_jitter(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip((x - mean) * contrast + mean * gain + shift, 0, 255)
 
 
-def _frequency_jitter(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def frequency_jitter(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Sharpen, or lose detail by a downscale-upscale, as a swap's generator would."""
     image = Image.fromarray(np.clip(np.round(x), 0, 255).astype(np.uint8), "RGB")
     choice = rng.integers(3)
@@ -99,7 +99,7 @@ def _spatial_jitter(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(moved, dtype=np.float32)
 
 
-def _match_colours(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def match_colours(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per-channel mean/std transfer inside the mask (Reinhard-style colour matching)."""
     inside = mask > 0.5 * mask.max() if mask.max() > 0 else np.ones(mask.shape, bool)
     src, tgt = source[inside], target[inside]

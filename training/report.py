@@ -56,8 +56,24 @@ def text_report(title: str, lines: Sequence[str], evaluations: Sequence[dict[str
         m = ev["metrics"]
         out += [ev["name"], "-" * len(ev["name"])]
         lo, hi = m["roc_auc_95ci"]
-        out.append(f"images: {m['n']} ({m['n_real']} real, {m['n_fake']} fake)")
-        out.append(f"ROC AUC: {m['roc_auc']:.3f} (95% bootstrap interval {lo:.3f}-{hi:.3f})")
+        groups = f", {m['n_groups']} groups" if "n_groups" in m else ""
+        out.append(f"images: {m['n']} ({m['n_real']} real, {m['n_fake']} fake{groups})")
+        how = m.get("ci_method", "bootstrap over images")
+        out.append(f"ROC AUC: {m['roc_auc']:.3f} (95% interval {_f(lo)}-{_f(hi)}, {how})")
+        if "false_accusation" in m:
+            bands = m["bands"]
+            out.append(
+                f"at the served threshold 0.5: false accusations (real called fake) "
+                f"{_f(m['false_accusation'])}, "
+                f"fakes caught {_f(m['fakes_caught'])}; uncertain ({bands['real_up_to']:.3f} < P(fake) < "
+                f"{bands['fake_from']:.3f}) {m['uncertain']:.3f} of all faces"
+            )
+        if "left_out" in m:
+            left = m["left_out"]
+            out.append(
+                f"left-out source alone: {left['n']} faces, called fake {left['called_fake']:.3f}, "
+                + ", ".join(f"{k} {v:.3f}" for k, v in left.items() if k not in ("n", "called_fake"))
+            )
         out.append(
             f"at threshold P(fake) >= {m['threshold']:.3f}: accuracy {m['accuracy']:.3f}, balanced "
             f"accuracy {m['balanced_accuracy']:.3f}, fake recall {_f(m['fake_recall'])}, real recall "
@@ -84,6 +100,60 @@ def text_report(title: str, lines: Sequence[str], evaluations: Sequence[dict[str
             out.append(f"{row['bin']:<12} {row['count']:>5} {mean:>13} {fraction:>14}")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def loso_target_table(folds: Sequence[Any]) -> list[str]:
+    """One line per left-out source, against the targets (AUC >= 0.80, false accusations <= 10 %,
+    fakes caught >= 50 %, uncertain <= 30 %); the rate that the left-out source decides is
+    marked with * (its own faces: real ones for a real source, fakes for a fake source)."""
+    if not folds:
+        return []
+    header = f"{'left out':<26} {'n real':>6} {'n fake':>6} {'AUC':>6} {'95% CI (groups)':>15}"
+    lines = [
+        "leave a source out, at the served threshold 0.5 (targets: AUC >= 0.80, false accusations <= 0.10,",
+        "fakes caught >= 0.50, uncertain <= 0.30; * = the rate measured on the left-out source itself):",
+        f"{header} {'false acc.':>10} {'caught':>7} {'uncertain':>9} {'t*':>6}  meets",
+    ]
+    for fold in folds:
+        m = fold.scored.metrics
+        lo, hi = m["roc_auc_95ci"]
+        real = fold.label == "real"
+        fa = f"{_f(m['false_accusation'])}{'*' if real else ' '}"
+        caught = f"{_f(m['fakes_caught'])}{' ' if real else '*'}"
+        meets = all(
+            [
+                m["roc_auc"] >= 0.80,
+                (m["false_accusation"] or 0) <= 0.10,
+                (m["fakes_caught"] or 0) >= 0.50,
+                m["uncertain"] <= 0.30,
+            ]
+        )
+        lines.append(
+            f"{fold.source + ' (' + fold.label + ')':<26} {m['n_real']:>6} {m['n_fake']:>6} "
+            f"{m['roc_auc']:>6.3f} "
+            f"{_f(lo):>7}-{_f(hi):<7} {fa:>10} {caught:>7} {m['uncertain']:>9.3f} "
+            f"{fold.operating.balanced_threshold:>6.3f}  {'yes' if meets else 'no'}"
+        )
+    return lines
+
+
+def probe_lines(probe: dict[str, Any]) -> list[str]:
+    means = probe["class_means"]
+    lines = [
+        f"shortcut probe (training.probe): logistic regression on {', '.join(probe['coefficients'])}, "
+        f"{probe['folds']}-fold by group",
+        f"  ROC AUC {probe['roc_auc']:.3f} on the {probe['n_rows']} training rows (crops and augmented "
+        f"copies, weighted as in training; unweighted {probe['roc_auc_unweighted']:.3f}); "
+        f"{probe['n_crops']} crops alone "
+        f"{probe['roc_auc_clean_crops']:.3f}; accepted at <= {probe['max_auc']:.2f}: "
+        f"{'PASSED' if probe['passed'] else 'FAILED'}",
+        "  class means (weighted): "
+        + "; ".join(
+            f"{name} real {means['real'][name]:.3f} fake {means['fake'][name]:.3f}"
+            for name in probe["coefficients"]
+        ),
+    ]
+    return lines
 
 
 def evaluation_dict(

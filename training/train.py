@@ -49,6 +49,12 @@ class TrainConfig:
     stage2_lr: float = 3e-5
     batch_size: int = 32
     loso_min_crops: int = 5  # sources with fewer crops are not held out on their own
+    # "sqrt": within a class a source weighs sqrt(its crops) (v1); "mirror": the same for real
+    # sources and generators, and each pseudo-fake kind spreads its weight over the real sources
+    # as the real class does, so pseudo-fakes have the real class's mix of sources (v2)
+    weighting: str = "sqrt"
+    inner_folds: int = 3  # out-of-fold training inside each leave-a-source-out fold (v2)
+    max_false_accusation: float = 0.05  # t*: real faces called fake at most this often (v2)
 
 
 @dataclass
@@ -73,9 +79,10 @@ class Evaluation:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def sample_weights(crops: list[Crop], features: FeatureSet) -> np.ndarray:
-    """Each class weighs the same; within a class a source weighs sqrt(its crops), so neither
-    one big source nor one single photo dominates; a crop's copies share the crop's weight."""
+def crop_weights(crops: list[Crop], mode: str = "sqrt") -> np.ndarray:
+    """One weight per crop: each class weighs half; within a class a source weighs sqrt(its
+    crops), so neither one big source nor one single photo dominates. `mode="mirror"`: a
+    pseudo-fake kind's weight goes to its crops in proportion to their real parent's weight."""
     labels = np.array([c.label for c in crops])
     sources = np.array([c.source for c in crops])
     per_crop = np.zeros(len(crops))
@@ -87,6 +94,21 @@ def sample_weights(crops: list[Crop], features: FeatureSet) -> np.ndarray:
         for s in class_sources:
             members = in_class & (sources == s)
             per_crop[members] = 0.5 * source_weight[s] / total / members.sum()
+    if mode == "mirror":
+        real_weight = {c.path: w for c, w in zip(crops, per_crop, strict=True) if c.label == "real"}
+        for s in np.unique(sources[labels == "fake"]):
+            members = np.flatnonzero((labels == "fake") & (sources == s))
+            parents = np.array([real_weight.get(crops[i].origin, 0.0) for i in members])
+            if crops[members[0]].parent_source and parents.sum() > 0:
+                per_crop[members] = per_crop[members].sum() * parents / parents.sum()
+    elif mode != "sqrt":
+        raise ValueError(f"unknown weighting {mode!r}")
+    return per_crop
+
+
+def sample_weights(crops: list[Crop], features: FeatureSet, mode: str = "sqrt") -> np.ndarray:
+    """Per training row: the crop's weight (`crop_weights`), shared by the crop's copies."""
+    per_crop = crop_weights(crops, mode)
     copies = np.bincount(features.crop_index, minlength=len(crops))
     weights = per_crop[features.crop_index] / copies[features.crop_index]
     return weights * len(weights) / weights.sum()  # mean 1: keeps the loss scale familiar
@@ -119,9 +141,30 @@ class Trainer:
         val: np.ndarray,
     ) -> FitResult:
         """Both stages on rows `train`; calibration and threshold on rows `val`."""
+        started = time.perf_counter()
+        history = self.train_stages(features, y_real, weights, train, val=val)
+        z_val = self.logits(features.cut[val])
+        a, b = fit_platt(z_val, y_real[val])
+        set_calibration(self.model, a, b)
+        threshold = choose_threshold(1 - y_real[val], 1.0 - _sigmoid(a * z_val + b))
+        history["val_auc_stage2"] = [roc_auc(1 - y_real[val], -z_val)]
+        seconds = time.perf_counter() - started
+        return FitResult(threshold, (a, b), history, int(len(train)), int(len(val)), seconds)
+
+    def train_stages(
+        self,
+        features: FeatureSet,
+        y_real: np.ndarray,
+        weights: np.ndarray,
+        train: np.ndarray,
+        *,
+        val: np.ndarray | None = None,
+    ) -> dict[str, list[float]]:
+        """From the pretrained backbone and a fresh head: both stages on rows `train`, then the
+        weights rounded to their stored precision. Calibration is left to the caller; `val`:
+        rows whose AUC after stage 1 goes into the history."""
         import keras
 
-        started = time.perf_counter()
         cfg = self.config
         self.reset()
         x, y, w = features.cut[train], y_real[train].astype(np.float32), weights[train].astype(np.float32)
@@ -145,7 +188,8 @@ class Trainer:
             verbose=0,
         )
         history["stage1_loss"] = [float(v) for v in fitted.history["loss"]]
-        history["val_auc_stage1"] = [roc_auc(1 - y_real[val], -self.logits(features.cut[val]))]
+        if val is not None:
+            history["val_auc_stage1"] = [roc_auc(1 - y_real[val], -self.logits(features.cut[val]))]
 
         # Stage 2: the top of the backbone and the head together, gently.
         freeze_for_fine_tuning(self.model)
@@ -161,15 +205,8 @@ class Trainer:
             verbose=0,
         )
         history["stage2_loss"] = [float(v) for v in fitted.history["loss"]]
-
         round_to_stored_precision(self.model)
-        z_val = self.logits(features.cut[val])
-        a, b = fit_platt(z_val, y_real[val])
-        set_calibration(self.model, a, b)
-        threshold = choose_threshold(1 - y_real[val], 1.0 - _sigmoid(a * z_val + b))
-        history["val_auc_stage2"] = [roc_auc(1 - y_real[val], -z_val)]
-        seconds = time.perf_counter() - started
-        return FitResult(threshold, (a, b), history, int(len(train)), int(len(val)), seconds)
+        return history
 
     def logits(self, cut: np.ndarray) -> np.ndarray:
         return self._predict(self.parts["top"], cut).reshape(-1)
