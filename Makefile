@@ -45,6 +45,7 @@ format: $(STAMP)
 
 # The speed report (bench/suite.py): the server against its own in-process limit, ~15 min.
 bench: model
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 
 # A Bento (code + pinned packages + the model) that `bentoml serve <tag>` and containerize use.
