@@ -65,7 +65,8 @@ def serve(model_tag: str, port: int, host: str = "127.0.0.1") -> list[str]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--model-tag", default="deepfake_classifier:latest")
     parser.add_argument("--port", type=int, default=5001)
     args = parser.parse_args()
