@@ -3,6 +3,7 @@
     .venv/bin/python bench/face_detection.py [--runs 7]   # the report, both detectors
     .venv/bin/python bench/face_detection.py --sweep      # BlazeFace settings: levels, overlap, score
     .venv/bin/python bench/face_detection.py --fit        # fit BlazeFace's box mapping to MTCNN's boxes
+    .venv/bin/python bench/face_detection.py --threads    # only the throughput with 1 and 2 threads
 
 Photos: the face fixtures (tests/fixtures, true faces in faces.json), the face-api demo photos
 sample1-6 at full size (npm `@vladmandic/face-api@1.7.15`, fetched with `npm pack` as
@@ -403,17 +404,7 @@ def report(runs: int) -> None:
         photos,
         runs,
     )
-    one_mp = [resized_to(image, 1.0) for _, image, _ in photos]
-    print("\nthroughput, 1 MP photos, one detector instance shared by the threads")
-    thread_table(
-        {
-            "mtcnn": mtcnn,
-            "blazeface (interpreter per thread)": blazeface,
-            "blazeface (one interpreter, lock)": BlazeFaceDetector(per_thread=False),
-        },
-        one_mp,
-        2,
-    )
+    throughput(mtcnn, blazeface, photos)
     print("\nmemory of a fresh process")
     for name in ("", "blazeface", "mtcnn"):
         rss_report(name)
@@ -429,6 +420,22 @@ class CountingNet:
     def __call__(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.inputs += len(tiles)
         return self.net(tiles)  # type: ignore[operator]
+
+
+def throughput(mtcnn: FaceDetector, blazeface: FaceDetector, photos: Sequence[Photo]) -> None:
+    from preprocessing.blazeface import BlazeFaceDetector
+
+    one_mp = [resized_to(image, 1.0) for _, image, _ in photos]
+    print("\nthroughput, 1 MP photos, one detector instance shared by the threads")
+    thread_table(
+        {
+            "mtcnn": mtcnn,
+            "blazeface (interpreter per thread)": blazeface,
+            "blazeface (one interpreter, lock)": BlazeFaceDetector(per_thread=False),
+        },
+        one_mp,
+        2,
+    )
 
 
 def sweep() -> None:
@@ -538,8 +545,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--sweep", action="store_true", help="compare BlazeFace settings")
     parser.add_argument("--fit", action="store_true", help="fit BlazeFace's box mapping")
+    parser.add_argument("--threads", action="store_true", help="only the throughput with 1 and 2 threads")
     args = parser.parse_args()
-    if args.sweep:
+    if args.threads:
+        photos = [p for p in fixture_photos() if p[0] != "astronaut_exif_orientation6.jpg"]
+        throughput(load_detector("mtcnn"), load_detector("blazeface"), photos)
+    elif args.sweep:
         sweep()
     elif args.fit:
         fit()

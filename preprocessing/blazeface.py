@@ -477,8 +477,10 @@ BLAZEFACE_MODEL = FULL_RANGE
 # The whole photo in one input, then the photo at 576 px in tiles (12 for 4:3: 13 model
 # inputs). The full-range model finds faces whose box is >= 20 px in its input (98 %; 95 % at
 # 16-20 px, 40 % at 8-12 px, threshold 0.5): at 576 px, faces of 3.5 % of the long side; the
-# smaller ones score low but stay candidates for the verification. (192, 448) lost faces below
-# 3 %; (192, 640) found a few more of 2-2.5 % for 24 inputs instead of 18.
+# smaller ones score low but stay candidates for the verification. Verified, per face size
+# (% of the long side) against this default: (192, 448) found fewer below 4 % (13 inputs a
+# 1 MP photo instead of 18); (192, 640) and (192, 384, 768) found more below 3 % but cost 26
+# and 40 inputs, and each let one false positive through.
 BLAZEFACE_LEVELS = (192, 576)
 # Neighbouring tiles share 64 px: every face up to 64 px at 576 px (11 % of the long side)
 # lies whole in some tile, and a larger one is >= 21 px in the whole-photo input.
@@ -488,20 +490,20 @@ BLAZEFACE_OVERLAP = 64
 BLAZEFACE_EDGE_MARGIN = 0.1
 # Search threshold: low, to keep small faces (their search scores are 0.2-0.6) as candidates.
 # 0.4 / 0.3 / 0.2: 18 / 30 / 40 of 54 faces of 1.5-2 % found after verification, no false
-# positive at any of them, ~0.4 more model inputs per photo at 0.2 than at 0.4.
+# positive at any of them, 0.4 more model inputs a 1 MP photo at 0.2 than at 0.4.
 BLAZEFACE_CANDIDATE_SCORE = 0.2
 # At most this many candidates per face asked for (best first): bounds the work on a photo
 # that is all texture (each candidate is one more model input).
 BLAZEFACE_MAX_CANDIDATES = 3
-# Verification window: 5 face sizes wide, so the face is ~38 px of the 192 px input, where the
-# model scores best (zoom 4: one face fewer of 1.5-2 %, three fewer of 3-4 %).
+# Verification window: 5 face sizes wide, so the face is ~38 px of the 192 px input (zoom 4,
+# 48 px: about the same faces: two fewer of 1.5-2 % and three fewer of 3-5 %, two more of 2-3 %).
 BLAZEFACE_ZOOM = 5.0
 # The verified face must be centred on the candidate: within 0.15 x 192 px of the window's
 # centre (0.75 face sizes at zoom 5).
 BLAZEFACE_CENTRE_TOLERANCE = 0.15
 # Verification threshold. The false positives of the search alone (a sofa, a stair railing, a
-# garment, a dress pattern: 0.50-0.63) are all gone at 0.5 already; 0.5 and 0.6 found the same
-# faces (none verified between them), 0.7 lost 2 of the 62 faces of the photos.
+# garment, a dress pattern: 0.50-0.63) are gone at 0.6; 0.5 let 3 false positives through for
+# 2 more small faces, 0.7 lost 2 of the 62 faces of the photos.
 BLAZEFACE_MIN_SCORE = 0.6
 # Model inputs per interpreter call. One: batches of 4 or all tiles in one call were no faster
 # on this CPU (XNNPACK, one thread), a batch of 13 holds ~50 MB more, and every change of the

@@ -5,8 +5,11 @@ serving and training.
 TensorFlow; `preprocessing.blazeface`) or "mtcnn" (mtcnn on TensorFlow;
 `preprocessing.mtcnn_detector`). Each has its own defaults (score threshold, working size),
 chosen on the project's face fixtures and documented where they are defined. Both return
-`Face`s whose boxes frame a face the way MTCNN does (BlazeFace's boxes are mapped to that), so
-that `crop_face` cuts the crop the classifier was trained on whichever detector found it.
+`Face`s whose boxes frame a face the way MTCNN does (BlazeFace's boxes are mapped to that by a
+fixed offset and scale), so that `crop_face` cuts nearly the crop a classifier trained on
+MTCNN crops expects: not exactly (on the fixtures the default model's P(fake) moved by 0.05 on
+average between the two detectors' crops of a face; see bench/face_detection.py --fit). A
+model is best served with the detector its training crops came from (`ModelSpec.detector`).
 
 Coordinates are always in the pixels of the image that was passed in (after EXIF orientation,
 which is the decoder's job).
@@ -28,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -76,6 +79,17 @@ class FaceDetector(Protocol):
     named constants beside them."""
 
     name: str
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # Compatibility: `FaceDetector()` (service.py, bench/inprocess.py, training/prepare.py
+        # and tests/test_service_e2e.py call it) builds the MTCNN detector, as the class of this
+        # name did, with its `detect(image, max_side=, min_score=, max_faces=)`. New code calls
+        # load_detector(name).
+        if cls is FaceDetector:
+            from preprocessing.mtcnn_detector import MtcnnDetector
+
+            return MtcnnDetector(*args, **kwargs)
+        return super().__new__(cls)
 
     def detect(self, image: Image.Image, *, max_faces: int = DEFAULT_MAX_FACES) -> list[Face]:
         """Faces in an image, largest first (ties: higher score), at most `max_faces`."""

@@ -10,7 +10,9 @@ portraits and emotion sheets (bench/face_detection.py):
   those photos (201 of 203 faces) was the same from 480 to 1920 px (the two misses, a profile
   and a face looking down, are missed at every size); a face is still found when its box is
   about 2 % of the long side (60 px in a 3000 px photo). 1024 px finds 40 px faces there but
-  takes ~1.7x as long, 1920 px ~4x.
+  takes ~1.7x as long, 1920 px ~4x. Measured by face size on the face-api photos shrunk onto
+  a canvas (bench/face_detection.py): 37 % of faces of 1.5-2 % of the long side found, 52 %
+  of 2-2.5 %, 83 % of 2.5-4 %, 85-96 % above (profiles and faces looking down are missed).
 * MTCNN's own thresholds stay at their defaults (P/R/O-Net 0.6/0.7/0.8, the paper's values)
   and `min_face_size` stays at 20: mtcnn 1.0.0 builds its image pyramid from the image size
   alone, so a larger `min_face_size` shrinks the last levels below PNet's 12 px window and the
