@@ -1,24 +1,21 @@
-"""Face detection (MTCNN) and the one face-crop function shared by serving and training.
+"""Face detection: one interface, two detectors; and the one face-crop function shared by
+serving and training.
 
-Pure functions plus a detector object; no server code. Coordinates are always in the pixels
-of the image that was passed in (after EXIF orientation, which is the decoder's job).
+`load_detector(name)` builds a detector: "blazeface" (MediaPipe's BlazeFace on LiteRT, no
+TensorFlow; `preprocessing.blazeface`) or "mtcnn" (mtcnn on TensorFlow;
+`preprocessing.mtcnn_detector`). Each has its own defaults (score threshold, working size),
+chosen on the project's face fixtures and documented where they are defined. Both return
+`Face`s whose boxes frame a face the way MTCNN does (BlazeFace's boxes are mapped to that by a
+fixed offset and scale), so that `crop_face` cuts nearly the crop a classifier trained on
+MTCNN crops expects: not exactly (on the fixtures the default model's P(fake) moved by 0.05 on
+average between the two detectors' crops of a face; see bench/face_detection.py --fit). A
+model is best served with the detector its training crops came from (`ModelSpec.detector`).
 
-Choices, measured on the face-api group photos, scikit-image's astronaut and the openpeople
-portraits and emotion sheets (see `bench/face_detection.py` and the report in the PR):
+Coordinates are always in the pixels of the image that was passed in (after EXIF orientation,
+which is the decoder's job).
 
-* `max_side=640`: detection runs on a copy whose long side is at most 640 px. Recall on those
-  photos (201 of 203 faces) was the same from 480 to 1920 px (the two misses, a profile and
-  a face looking down, are missed at every size); a face is still found when its box is
-  about 2 % of the long side (60 px in a 3000 px photo). 1024 px finds 40 px faces there
-  but takes ~1.7x as long, 1920 px ~4x.
-* MTCNN's own thresholds stay at their defaults (P/R/O-Net 0.6/0.7/0.8, the paper's values)
-  and `min_face_size` stays at 20: mtcnn 1.0.0 builds its image pyramid from the image size
-  alone, so a larger `min_face_size` shrinks the last levels below PNet's 12 px window and
-  the library then swallows the error and reports *no faces at all*. The smallest face is
-  set by `max_side` instead.
-* `min_score=0.9` on the final (O-Net) score: the false positives we saw (a dress pattern, a
-  shelf behind a selfie) scored 0.83-0.93 and appeared only at some scales; true faces scored
-  >= 0.92 except one face looking down (0.83-0.95).
+Choices for the crop and the merge of overlapping boxes:
+
 * A face whose box lies more than 30 % inside a larger face's box is dropped (`drop_nested`):
   MTCNN's IoU-based NMS keeps small boxes on part of a face (up to 0.93 here; 45 % inside),
   the only false positive left at 0.9. No two true faces on these photos overlapped at all.
@@ -32,30 +29,18 @@ portraits and emotion sheets (see `bench/face_detection.py` and the report in th
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 from PIL import Image
 
 LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
-DEFAULT_MAX_SIDE = 640
-DEFAULT_MIN_SCORE = 0.9
 DEFAULT_MAX_FACES = 20
 DEFAULT_MARGIN = 0.25
 NESTED_OVERLAP = 0.3
 CROP_SIZE = (160, 160)
-
-# MTCNN keyword arguments, pinned so a library default change cannot move our results.
-# min_face_size must stay <= 20 with mtcnn 1.0.0 (see the module docstring).
-_MTCNN_PARAMS: dict[str, float] = {
-    "min_face_size": 20,
-    "scale_factor": 0.709,
-    "threshold_pnet": 0.6,
-    "threshold_rnet": 0.7,
-    "threshold_onet": 0.8,
-}
 
 
 @dataclass(frozen=True)
@@ -65,8 +50,9 @@ class Face:
     `box` is (x, y, width, height) in the original image's pixels, as the detector regressed
     it: for a face cut by the image border it extends past the edge (x or y may be negative),
     so that the crop stays centred on the face. Use `clip_box` for display.
-    Landmarks use mtcnn's names: `left_eye` is the eye on the image's left (the person's
-    right eye); likewise `mouth_left`.
+    Landmarks use mtcnn's names (LANDMARK_NAMES): `left_eye` is the eye on the image's left
+    (the person's right eye); likewise `mouth_left`. A detector reports those it has:
+    BlazeFace has the eyes and the nose but no mouth corners (its mouth point is the centre).
     """
 
     box: tuple[int, int, int, int]
@@ -87,57 +73,53 @@ def clip_box(box: tuple[int, int, int, int], image_size: tuple[int, int]) -> tup
     return left, top, right - left, bottom - top
 
 
-class FaceDetector:
-    """MTCNN, loaded once (~2 s with the TensorFlow import; its weights ship in the wheel).
+class FaceDetector(Protocol):
+    """What serving and training need of a face detector. Implementations are safe to call
+    from several threads at once, and keep their defaults (score threshold, working size) as
+    named constants beside them."""
 
-    `detect` may be called from several threads on one instance: it keeps no state between
-    calls, and tests/test_faces.py checks that concurrent calls give the sequential results.
+    name: str
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # Compatibility: `FaceDetector()` (service.py, bench/inprocess.py, training/prepare.py
+        # and tests/test_service_e2e.py call it) builds the MTCNN detector, as the class of this
+        # name did, with its `detect(image, max_side=, min_score=, max_faces=)`. New code calls
+        # load_detector(name).
+        if cls is FaceDetector:
+            from preprocessing.mtcnn_detector import MtcnnDetector
+
+            return MtcnnDetector(*args, **kwargs)
+        return super().__new__(cls)
+
+    def detect(self, image: Image.Image, *, max_faces: int = DEFAULT_MAX_FACES) -> list[Face]:
+        """Faces in an image, largest first (ties: higher score), at most `max_faces`."""
+        ...
+
+    def detect_many(
+        self, images: Sequence[Image.Image], *, max_faces: int = DEFAULT_MAX_FACES
+    ) -> list[list[Face]]:
+        """`detect` for each image (photos, video frames), in as few model calls as pays."""
+        ...
+
+
+DETECTORS: tuple[str, ...] = ("blazeface", "mtcnn")
+
+
+def load_detector(name: str) -> FaceDetector:
+    """A detector by name (one of DETECTORS), with its own defaults; load it once and share it.
+
+    "blazeface" imports no TensorFlow (and fetches its model files into .cache/blazeface on
+    first use); "mtcnn" imports TensorFlow.
     """
+    if name == "blazeface":
+        from preprocessing.blazeface import BlazeFaceDetector
 
-    def __init__(self, *, device: str = "CPU:0", compiled: bool = True) -> None:
-        # Heavy: imports TensorFlow and builds three small Keras models.
-        import tensorflow as tf
-        from mtcnn import MTCNN
+        return BlazeFaceDetector()
+    if name == "mtcnn":
+        from preprocessing.mtcnn_detector import MtcnnDetector
 
-        self._mtcnn: Any = MTCNN(stages="face_and_landmarks_detection", device=device)
-        if compiled:
-            # mtcnn calls its P/R/O-Nets eagerly, layer by layer: Python overhead was 70 % of
-            # detection time. As tf.functions (one generic trace: the pyramid's shapes vary)
-            # detection took 70 instead of 146 ms per fixture photo, with identical faces.
-            for stage in self._mtcnn.stages:
-                network = stage._model
-                stage._model = tf.function(
-                    lambda x, net=network: net(x, training=False), reduce_retracing=True
-                )
-
-    def detect(
-        self,
-        image: Image.Image,
-        *,
-        max_side: int = DEFAULT_MAX_SIDE,
-        min_score: float = DEFAULT_MIN_SCORE,
-        max_faces: int = DEFAULT_MAX_FACES,
-    ) -> list[Face]:
-        """Faces in an RGB image, largest first (ties: higher score), at most `max_faces`.
-
-        Large photos are searched on a copy whose long side is `max_side`; boxes and landmarks
-        are mapped back to `image`'s pixels.
-        """
-        if max_side < 1 or max_faces < 0:
-            raise ValueError("max_side must be >= 1 and max_faces >= 0")
-        small, scale = downscale(image, max_side)
-        rows = self._mtcnn.detect_faces(
-            np.asarray(small),
-            fit_to_image=False,  # keep boxes centred on faces cut by the border
-            limit_boundaries_landmarks=False,
-            box_format="xyxy",
-            output_type="numpy",  # the "json" output rounds landmarks to whole pixels
-            **_MTCNN_PARAMS,
-        )
-        faces = [_to_face(row, 1.0 / scale) for row in np.asarray(rows, dtype=np.float64)]
-        faces = [face for face in faces if face.score >= min_score]
-        faces.sort(key=lambda face: (-face.area, -face.score, face.box))
-        return drop_nested(faces)[:max_faces]
+        return MtcnnDetector()
+    raise ValueError(f"unknown face detector {name!r}; known: {', '.join(DETECTORS)}")
 
 
 def drop_nested(faces: list[Face], max_inside: float = NESTED_OVERLAP) -> list[Face]:
@@ -169,16 +151,6 @@ def downscale(image: Image.Image, max_side: int) -> tuple[Image.Image, float]:
     size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
     # Pillow's bilinear filter widens with the reduction, so this is antialiased.
     return rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0), scale
-
-
-def _to_face(row: np.ndarray, factor: float) -> Face:
-    # mtcnn 1.0.0 numpy row: image index, x1, y1, x2, y2, score, then the five landmark x's
-    # and the five y's in LANDMARK_NAMES order (tests check this against its json output).
-    x1, y1, x2, y2 = (float(v) * factor for v in row[1:5])
-    xs, ys = row[6:11] * factor, row[11:16] * factor
-    landmarks = {name: (float(x), float(y)) for name, x, y in zip(LANDMARK_NAMES, xs, ys, strict=True)}
-    box = (round(x1), round(y1), max(1, round(x2 - x1)), max(1, round(y2 - y1)))
-    return Face(box=box, score=float(row[5]), landmarks=landmarks)
 
 
 def crop_face(
