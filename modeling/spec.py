@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # The store name `model_import.py` imports under and the server serves by default.
 DEFAULT_MODEL_NAME = "deepfake_classifier"
+# The face detector's model files in the store (BlazeFace's .tflite), packed into the Bento.
+DETECTOR_FILES_NAME = "face_detector_files"
 
 Normalization = Literal["zero_one", "minus_one_one", "raw"]
 Label = Literal["fake", "real"]

@@ -31,7 +31,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Protocol
 
 from PIL import Image
 
@@ -80,17 +81,6 @@ class FaceDetector(Protocol):
 
     name: str
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        # Compatibility: `FaceDetector()` (service.py, bench/inprocess.py, training/prepare.py
-        # and tests/test_service_e2e.py call it) builds the MTCNN detector, as the class of this
-        # name did, with its `detect(image, max_side=, min_score=, max_faces=)`. New code calls
-        # load_detector(name).
-        if cls is FaceDetector:
-            from preprocessing.mtcnn_detector import MtcnnDetector
-
-            return MtcnnDetector(*args, **kwargs)
-        return super().__new__(cls)
-
     def detect(self, image: Image.Image, *, max_faces: int = DEFAULT_MAX_FACES) -> list[Face]:
         """Faces in an image, largest first (ties: higher score), at most `max_faces`."""
         ...
@@ -105,20 +95,24 @@ class FaceDetector(Protocol):
 DETECTORS: tuple[str, ...] = ("blazeface", "mtcnn")
 
 
-def load_detector(name: str) -> FaceDetector:
+def load_detector(
+    name: str, *, model_dir: Path | None = None, min_score: float | None = None, max_side: int | None = None
+) -> FaceDetector:
     """A detector by name (one of DETECTORS), with its own defaults; load it once and share it.
 
-    "blazeface" imports no TensorFlow (and fetches its model files into .cache/blazeface on
-    first use); "mtcnn" imports TensorFlow.
-    """
+    "blazeface" imports no TensorFlow; its model file comes from `model_dir` (the model store's
+    copy, which `model_import.py` puts there) or is fetched into .cache/blazeface. "mtcnn"
+    imports TensorFlow; `max_side` is its working size. `min_score`: the detector's own
+    threshold unless given (the two score on different scales)."""
+    score = {} if min_score is None else {"min_score": min_score}
     if name == "blazeface":
-        from preprocessing.blazeface import BlazeFaceDetector
+        from preprocessing.blazeface import DEFAULT_CACHE_DIR, BlazeFaceDetector
 
-        return BlazeFaceDetector()
+        return BlazeFaceDetector(cache_dir=model_dir or DEFAULT_CACHE_DIR, **score)
     if name == "mtcnn":
         from preprocessing.mtcnn_detector import MtcnnDetector
 
-        return MtcnnDetector()
+        return MtcnnDetector(**score, **({} if max_side is None else {"max_side": max_side}))
     raise ValueError(f"unknown face detector {name!r}; known: {', '.join(DETECTORS)}")
 
 

@@ -55,12 +55,16 @@ EXPLANATION = Explanation(
 
 @dataclass(frozen=True)
 class FaceSettings:
-    """How faces are found for a request (the server's settings)."""
+    """How faces are found for a request (the server's settings; the detector has its own)."""
 
     require: bool = False  # no face: 422 NO_FACE
     max_faces: int = face_defaults.DEFAULT_MAX_FACES
-    min_score: float = face_defaults.DEFAULT_MIN_SCORE
-    max_side: int = face_defaults.DEFAULT_MAX_SIDE  # detection runs on a copy at most this large
+
+
+# Large JPEGs decode straight to at least this size: enough for the detectors (BlazeFace
+# searches a 576 px copy, MTCNN a 640 px one) and for crops of small faces, at a fraction of
+# a full decode.
+DRAFT_SIDE = 1280
 
 
 @dataclass(frozen=True)
@@ -126,18 +130,10 @@ class DetectionPipeline:
         if self.detector is None:
             image = decode_upload(data, self.limits, draft_size=(width, height))
             return Prepared([to_input_array(image, self.spec.input_size)], [], image.size, "whole_image")
-        # Large JPEGs decode straight to about twice the detection size: enough for the
-        # detector and for crops of small faces, at a fraction of a full decode.
-        side = 2 * self.faces.max_side
-        image = decode_upload(data, self.limits, draft_size=(side, side))
+        image = decode_upload(data, self.limits, draft_size=(DRAFT_SIDE, DRAFT_SIDE))
         if is_face_crop(image.size, self.spec.input_size):
             return Prepared([to_input_array(image, self.spec.input_size)], [], image.size, "face_crop")
-        faces = self.detector.detect(
-            image,
-            max_side=self.faces.max_side,
-            min_score=self.faces.min_score,
-            max_faces=self.faces.max_faces,
-        )
+        faces = self.detector.detect(image, max_faces=self.faces.max_faces)
         if not faces and (self.faces.require if require_face is None else require_face):
             raise errors.no_face()
         crops = [

@@ -65,11 +65,19 @@ class Settings(BaseSettings):
     max_faces: int = Field(
         faces.DEFAULT_MAX_FACES, gt=0, le=100, description="faces judged per image (largest first)"
     )
-    face_min_score: float = Field(
-        faces.DEFAULT_MIN_SCORE, ge=0.0, le=1.0, description="detector score a face needs"
+    face_detector: Literal["blazeface", "mtcnn"] | None = Field(
+        None,
+        description="`blazeface` or `mtcnn` (unset: the one the model's training crops came from, its "
+        "metadata's `detector`; a different one is served with a warning)",
     )
-    detect_max_side: int = Field(
-        faces.DEFAULT_MAX_SIDE, ge=64, le=4096, description="detection runs on a copy at most this large"
+    face_min_score: float | None = Field(
+        None, ge=0.0, le=1.0, description="detector score a face needs (unset: the detector's own, 0.6 / 0.9)"
+    )
+    detect_max_side: int | None = Field(
+        None,
+        ge=64,
+        le=4096,
+        description="MTCNN only: detection runs on a copy at most this large (unset: 640)",
     )
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         ("*",), description="allowed origins, comma separated"

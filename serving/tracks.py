@@ -18,9 +18,10 @@ Judging (`judge_video`), DFDC practice: a track's P(fake) is the mean of its fra
 its share of fake frames is the fraction of them that `judge` calls "fake" (reported, not
 used in the decision). The tracks that count are those with at least
 `min_track_frames(sampled)` frames = max(3, 10 % of the frames sampled), capped at the frames
-sampled; if none has that many, every track counts (a short clip, a face seen briefly). The
-most-fake counting track decides, against the bar `threshold_for(n)` for n counting tracks
-(the image rule's bar raised with the number of faces); no track at all: no verdict.
+sampled: a face seen more briefly is not enough to judge a video by (a detector's stray box
+on one frame must not accuse anyone). The most-fake counting track decides, against the bar
+`threshold_for(n)` for n counting tracks (the image rule's bar raised with the number of
+faces); no track that counts: no verdict.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def judge_video(
     judge: Callable[[float], str],
     threshold_for: Callable[[int], float],
 ) -> VideoVerdict | None:
-    """The video's verdict from its tracks (rule in the module docstring); None: no tracks.
+    """The video's verdict from its tracks (rule in the module docstring); None: no track counts.
 
     `judge(p_fake) -> "fake" | "real"` is the per-face verdict (ModelSpec's threshold);
     `threshold_for(n)` is the bar the most-fake of n faces must reach.
@@ -206,8 +207,9 @@ def judge_video(
     if not tracks:
         return None
     need = min_track_frames(frames_sampled)
-    long_enough = {t.track_id for t in tracks if t.frame_count >= need}
-    counting = long_enough or {t.track_id for t in tracks}
+    counting = {t.track_id for t in tracks if t.frame_count >= need}
+    if not counting:
+        return None
     verdicts = tuple(
         TrackVerdict(t, t.p_fake, t.share_fake(judge), judge(t.p_fake), t.track_id in counting)
         for t in tracks

@@ -27,7 +27,7 @@ from serving.errors import Overloaded, ServiceError
 from serving.observability import record_verdict
 from serving.pipeline import Explain, Predict
 from serving.schemas import Heatmap, TrackFrameResult, TrackResult, VideoResponse, VideoStats, VideoTimings
-from serving.tracks import build_tracks, judge_video
+from serving.tracks import build_tracks, judge_video, min_track_frames
 from serving.video_worker import (
     Progress,
     VideoAnalysis,
@@ -194,11 +194,33 @@ class VideoPipeline:
             model_s=model_s,
             total_s=time.perf_counter() - started,
         )
-        if judged is None:  # no face in any sampled frame: no verdict, as for an image
+        need = min_track_frames(stats.sampled)
+        results = [
+            TrackResult(
+                track_id=track.track_id,
+                prediction="fake" if track.p_fake >= DECISION_POINT else "real",
+                fake_probability=track.p_fake,
+                fake_share=track.share_fake(lambda p: "fake" if p >= DECISION_POINT else "real"),
+                verdict=spec.verdict_of(track.p_fake),
+                frame_count=track.frame_count,
+                counted=track.frame_count >= need,
+                start_s=track.start_s,
+                end_s=track.end_s,
+                frames=[
+                    TrackFrameResult(time=f.time_s, box=[round(c) for c in f.box], fake_probability=f.p_fake)
+                    for f in track.frames
+                ],
+            )
+            for track in tracks
+        ]
+        common = {
+            "processing_time": time.perf_counter() - started, "model_tag": self.model_tag,
+            "track_count": len(results), "video": video, "timings": timings, "tracks": results,
+        }  # fmt: skip
+        if judged is None:  # no face seen long enough (in `need` samples) to judge the video by
             return VideoResponse(
                 prediction="real", confidence=0.5, fake_probability=None, verdict="no_face",
-                processing_time=time.perf_counter() - started, model_tag=self.model_tag,
-                face_detected=False, track_count=0, fake_tracks=0, video=video, timings=timings, tracks=[],
+                face_detected=False, fake_tracks=0, **common,
             )  # fmt: skip
         deciding = next(v for v in judged.tracks if v.track.track_id == judged.deciding_track_id)
         logit = math.log(max(deciding.p_fake, 1e-7) / max(1.0 - deciding.p_fake, 1e-7))
@@ -208,31 +230,7 @@ class VideoPipeline:
             confidence=image.confidence,
             fake_probability=image.fake_probability,
             verdict=image.verdict,
-            processing_time=time.perf_counter() - started,
-            model_tag=self.model_tag,
             face_detected=True,
-            track_count=len(judged.tracks),
-            fake_tracks=sum(v.prediction == "fake" for v in judged.tracks),
-            video=video,
-            timings=timings,
-            tracks=[
-                TrackResult(
-                    track_id=v.track.track_id,
-                    prediction="fake" if v.p_fake >= DECISION_POINT else "real",
-                    fake_probability=v.p_fake,
-                    fake_share=v.share_fake,
-                    verdict=spec.verdict_of(v.p_fake),
-                    frame_count=v.track.frame_count,
-                    counted=v.counted,
-                    start_s=v.track.start_s,
-                    end_s=v.track.end_s,
-                    frames=[
-                        TrackFrameResult(
-                            time=f.time_s, box=[round(c) for c in f.box], fake_probability=f.p_fake
-                        )
-                        for f in v.track.frames
-                    ],
-                )
-                for v in judged.tracks
-            ],
+            fake_tracks=sum(r.prediction == "fake" and r.counted for r in results),
+            **common,
         )

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import os
 import pickle
@@ -200,31 +201,10 @@ class FrameDetector(Protocol):
     def detect_many(self, images: Sequence[Image.Image], *, max_faces: int = 20) -> list[list[Face]]: ...
 
 
-class _MtcnnDetector:
-    """Today's MTCNN `FaceDetector` behind the coming `load_detector` interface."""
+def load_face_detector(name: str, options: dict[str, Any] | None = None) -> FrameDetector:
+    from preprocessing.faces import load_detector
 
-    def __init__(self) -> None:
-        from preprocessing.faces import FaceDetector
-
-        self._detector = FaceDetector()
-
-    def detect(self, image: Image.Image, *, max_faces: int = 20) -> list[Face]:
-        return self._detector.detect(image, max_faces=max_faces)
-
-    def detect_many(self, images: Sequence[Image.Image], *, max_faces: int = 20) -> list[list[Face]]:
-        return [self.detect(image, max_faces=max_faces) for image in images]
-
-
-def load_face_detector(name: str) -> FrameDetector:
-    """The one place that knows which detector API exists: `preprocessing.faces.load_detector`
-    once it is merged, MTCNN (name "" or "mtcnn") until then."""
-    from preprocessing import faces
-
-    if hasattr(faces, "load_detector"):
-        return faces.load_detector(name)
-    if name not in ("", "mtcnn"):
-        raise ValueError(f"face detector {name!r} is not available (only MTCNN until load_detector)")
-    return _MtcnnDetector()
+    return load_detector(name, **(options or {}))
 
 
 def warm_up(detector: FrameDetector) -> None:
@@ -354,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--detector", default="")
+    parser.add_argument("--detector", default="blazeface")
+    parser.add_argument("--detector-options", default="{}", help="JSON: load_detector's keyword arguments")
     parser.add_argument("--no-detector", action="store_true", help="judge whole frames")
     args = parser.parse_args(argv)
     # Results go out on a private copy of stdout; anything a library prints goes to stderr.
@@ -365,7 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="video-worker %(process)d %(levelname)s %(message)s")
     logging.getLogger("libav").setLevel(logging.CRITICAL)  # decoder errors are counted, not logged
     test_hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
-    detector = None if args.no_detector else load_face_detector(args.detector)
+    options = json.loads(args.detector_options)
+    if options.get("model_dir"):
+        options["model_dir"] = Path(options["model_dir"])
+    detector = None if args.no_detector else load_face_detector(args.detector, options)
     if detector is not None:
         warm_up(detector)
     _send(out, ("ready", os.getpid()))
@@ -427,7 +411,8 @@ class VideoWorkerPool:
         self,
         size: int = 1,
         *,
-        detector: str | None = "",
+        detector: str | None = "blazeface",
+        detector_options: dict[str, Any] | None = None,
         start_timeout_s: float = 180.0,
         max_requests: int = 500,
         test_hooks: bool = False,
@@ -437,6 +422,9 @@ class VideoWorkerPool:
             raise ValueError("size must be >= 1")
         self.size = size
         self.detector = detector
+        self.detector_options = {
+            k: str(v) if isinstance(v, Path) else v for k, v in (detector_options or {}).items()
+        }
         self.start_timeout_s = start_timeout_s
         self.max_requests = max_requests
         self.test_hooks = test_hooks
@@ -476,7 +464,10 @@ class VideoWorkerPool:
 
     async def _spawn(self) -> _Worker:
         args = [sys.executable, "-m", "serving.video_worker"]
-        args += ["--no-detector"] if self.detector is None else ["--detector", self.detector]
+        if self.detector is None:
+            args += ["--no-detector"]
+        else:
+            args += ["--detector", self.detector, "--detector-options", json.dumps(self.detector_options)]
         env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
         if self.test_hooks:
             env[TEST_HOOKS_ENV] = "1"

@@ -28,6 +28,15 @@ from tests.helpers import ServerProcess, build_legacy_facenet_like, build_slow_c
 from tests.inprocess import service_app  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def face_detector_files() -> str:
+    """BlazeFace's model file in the test store: the service serves with it (model_import.py
+    puts it there for `make serve`)."""
+    from model_import import import_face_detector
+
+    return import_face_detector()
+
+
 @pytest.fixture(scope="session")
 def legacy_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A legacy-style FaceNet file: .h5, named `scaling`/`l2_normalize` Lambdas, P(real)."""

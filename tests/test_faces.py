@@ -124,12 +124,6 @@ def test_detectors_by_name(mtcnn: FaceDetector, bf: FaceDetector) -> None:
     assert DETECTORS == ("blazeface", "mtcnn") and (bf.name, mtcnn.name) == DETECTORS
     with pytest.raises(ValueError, match="unknown face detector"):
         load_detector("haar")
-    # today's callers build FaceDetector() and pass MTCNN's settings to detect: still MTCNN
-    legacy = FaceDetector()
-    assert legacy.name == "mtcnn"
-    image = load("faceapi_sample4.jpg")
-    old_call = legacy.detect(image, max_side=640, min_score=0.9, max_faces=20)  # type: ignore[call-arg]
-    assert [f.box for f in old_call] == [f.box for f in mtcnn.detect(image)]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -11,8 +11,8 @@ from starlette.testclient import TestClient
 from tests.helpers import FIXTURES
 
 EXPECTED = json.loads((FIXTURES / "faces.json").read_text())
-# MTCNN misses a face in profile and one looking down on sample2 (see tests/test_faces.py).
-FOUND = {**EXPECTED, "faceapi_sample2.jpg": 1}
+# What the served detector finds (BlazeFace: this test model's metadata names none).
+FOUND = {name: len(entry["blazeface"]) for name, entry in EXPECTED.items()}
 
 
 def _post(app: TestClient, name: str, path: str = "/api/v1/detect/", **fields: str) -> dict:
@@ -39,7 +39,7 @@ def test_every_face_is_judged(app: TestClient, name: str) -> None:
         assert body["prediction"] == most_fake["prediction"]
         for face in faces:
             x, y, w, h = face["box"]
-            assert x >= 0 and y >= 0 and w > 0 and h > 0 and face["detector_score"] >= 0.9
+            assert x >= 0 and y >= 0 and w > 0 and h > 0 and face["detector_score"] >= 0.6
             assert face["confidence"] == pytest.approx(
                 face["fake_probability"] if face["prediction"] == "fake" else 1 - face["fake_probability"]
             )

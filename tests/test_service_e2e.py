@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from modeling.loading import load_classifier
 from modeling.spec import ModelSpec
 from preprocessing.decode import DecodeLimits
-from preprocessing.faces import FaceDetector
+from preprocessing.faces import load_detector
 from preprocessing.tensor import normalize
 from serving.pipeline import DetectionPipeline
 from tests.helpers import FIXTURES, ServerProcess, image_bytes
@@ -31,7 +31,8 @@ def in_process(served_tag: str) -> Callable[[bytes], np.ndarray]:
     stored = bentoml.models.get(served_tag)
     spec = ModelSpec.from_metadata(stored.info.metadata)
     model = load_classifier(Path(stored.path_of("model.keras")))
-    pipeline = DetectionPipeline(spec, served_tag, DecodeLimits(), predict=None, detector=FaceDetector())  # type: ignore[arg-type]
+    detector = load_detector("blazeface")  # as the in-process app serves this model (no `detector`)
+    pipeline = DetectionPipeline(spec, served_tag, DecodeLimits(), predict=None, detector=detector)  # type: ignore[arg-type]
 
     def raw_outputs(data: bytes) -> np.ndarray:
         crops = np.stack(pipeline.prepare(data).crops)

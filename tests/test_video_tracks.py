@@ -136,9 +136,12 @@ def test_share_fake_counts_frames_and_the_mean_decides() -> None:
     assert verdict.prediction == "real"
 
 
-def test_short_tracks_count_when_no_track_is_long_enough() -> None:
+def test_a_face_seen_too_briefly_gives_no_verdict() -> None:
+    """One frame of ten (a stray box, a passer-by): not enough to judge the video by."""
     frames = frames_of([((10, 10, 50, 50), 0.7)], [], [], [], [], [], [], [], [], [])
-    verdict = judge_video(build_tracks(frames), 10, judge=judge, threshold_for=flat)
+    assert judge_video(build_tracks(frames), 10, judge=judge, threshold_for=flat) is None
+    three = frames_of(*[[((10, 10, 50, 50), 0.7)]] * 3, [], [], [], [], [], [], [])
+    verdict = judge_video(build_tracks(three), 10, judge=judge, threshold_for=flat)
     assert verdict is not None and verdict.counted == 1 and verdict.prediction == "fake"
 
 

@@ -273,15 +273,10 @@ def load_pixels(path: Path, size: tuple[int, int] = CROP_SIZE) -> np.ndarray:
 
 
 def load_named_detector(name: str) -> Detector:
-    """ "mtcnn": the service's `FaceDetector`; any other name: `preprocessing.faces.load_detector`."""
-    from preprocessing import faces
+    """The serving detector of that name (`preprocessing.faces.load_detector`)."""
+    from preprocessing.faces import load_detector
 
-    if name == "mtcnn":
-        return faces.FaceDetector()
-    loader = getattr(faces, "load_detector", None)
-    if loader is None:
-        raise ValueError(f"detector {name!r}: this checkout's preprocessing.faces has no load_detector")
-    return loader(name)
+    return load_detector(name)
 
 
 class _LazyDetector:

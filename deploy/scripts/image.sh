@@ -37,19 +37,21 @@ if [ -z "${BENTO_TAG:-}" ]; then
     [ -n "$BENTO_TAG" ] || die "bentoml build printed no tag"
 fi
 bento_dir=$("$BENTOML" get "$BENTO_TAG" -o path)
-# The model(s) the Bento serves, from its bento.yaml (both services use the same one).
+# The classifier the Bento serves, from its bento.yaml (beside it: the face detector's files).
 model_tag=$("$PYTHON" - "$bento_dir/bento.yaml" <<'PY'
 import sys
 
 import yaml
 
+from modeling.spec import DETECTOR_FILES_NAME
+
 info = yaml.safe_load(open(sys.argv[1]))
 tags = sorted({m["tag"] for s in info.get("services", []) for m in s.get("models", [])})
-print(" ".join(tags))
+print(" ".join(t for t in tags if not t.startswith(DETECTOR_FILES_NAME + ":")))
 PY
 )
 [ -n "$model_tag" ] || die "bento $BENTO_TAG references no model"
-case "$model_tag" in *" "*) die "bento $BENTO_TAG references several models: $model_tag" ;; esac
+case "$model_tag" in *" "*) die "bento $BENTO_TAG references several classifiers: $model_tag" ;; esac
 from_line=$(grep -m1 '^FROM' "$bento_dir/env/docker/Dockerfile")
 log "bento $BENTO_TAG, model $model_tag, ${from_line}"
 
