@@ -178,7 +178,7 @@ class DeepfakeDetector:
     classifier = bentoml.depends(FaceClassifier)
 
     def __init__(self) -> None:
-        from preprocessing.faces import load_detector
+        from preprocessing.detectors import load_detector
 
         self.spec = ModelSpec.from_metadata(self.model_ref.info.metadata)
         self.detector_name = SETTINGS.face_detector or self.spec.detector or "blazeface"

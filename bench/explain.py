@@ -96,7 +96,8 @@ def load_model(model_tag: str | None) -> tuple[Any, ModelSpec]:
 
 def fixture_faces(spec: ModelSpec) -> tuple[list[str], np.ndarray]:
     """Names and uint8 crops of the fixture faces, cut as the service cuts them."""
-    from preprocessing.faces import crop_face, load_detector
+    from preprocessing.detectors import load_detector
+    from preprocessing.faces import crop_face
 
     height, width = spec.input_size
     names, crops = [], []

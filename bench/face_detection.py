@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere
 import numpy as np  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
-from preprocessing.faces import Face, FaceDetector, crop_face, load_detector  # noqa: E402
+from preprocessing.detectors import load_detector  # noqa: E402
+from preprocessing.faces import Face, FaceDetector, crop_face  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 EXPECTED: dict[str, dict] = json.loads((FIXTURES / "faces.json").read_text())
@@ -345,7 +346,7 @@ sys.path.insert(0, sys.argv[1])
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy, PIL.Image
 if sys.argv[2]:
-    from preprocessing.faces import load_detector
+    from preprocessing.detectors import load_detector
     load_detector(sys.argv[2]).detect(PIL.Image.open(sys.argv[3]).convert("RGB"))
 rss = [line for line in open("/proc/self/status") if line.startswith("VmRSS")][0].split()[1]
 print(int(rss) // 1024, "tensorflow" in sys.modules)

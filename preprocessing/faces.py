@@ -1,9 +1,9 @@
 """Face detection: one interface, two detectors; and the one face-crop function shared by
 serving and training.
 
-`load_detector(name)` builds a detector: "blazeface" (MediaPipe's BlazeFace on LiteRT, no
-TensorFlow; `preprocessing.blazeface`) or "mtcnn" (mtcnn on TensorFlow;
-`preprocessing.mtcnn_detector`). Each has its own defaults (score threshold, working size),
+`preprocessing.detectors.load_detector(name)` builds a detector: "blazeface" (MediaPipe's
+BlazeFace on LiteRT, no TensorFlow; `preprocessing.blazeface`) or "mtcnn" (mtcnn on
+TensorFlow; `preprocessing.mtcnn_detector`). Each has its own defaults (score threshold, working size),
 chosen on the project's face fixtures and documented where they are defined. Both return
 `Face`s whose boxes frame a face the way MTCNN does (BlazeFace's boxes are mapped to that by a
 fixed offset and scale), so that `crop_face` cuts nearly the crop a classifier trained on
@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from PIL import Image
@@ -90,30 +89,6 @@ class FaceDetector(Protocol):
     ) -> list[list[Face]]:
         """`detect` for each image (photos, video frames), in as few model calls as pays."""
         ...
-
-
-DETECTORS: tuple[str, ...] = ("blazeface", "mtcnn")
-
-
-def load_detector(
-    name: str, *, model_dir: Path | None = None, min_score: float | None = None, max_side: int | None = None
-) -> FaceDetector:
-    """A detector by name (one of DETECTORS), with its own defaults; load it once and share it.
-
-    "blazeface" imports no TensorFlow; its model file comes from `model_dir` (the model store's
-    copy, which `model_import.py` puts there) or is fetched into .cache/blazeface. "mtcnn"
-    imports TensorFlow; `max_side` is its working size. `min_score`: the detector's own
-    threshold unless given (the two score on different scales)."""
-    score = {} if min_score is None else {"min_score": min_score}
-    if name == "blazeface":
-        from preprocessing.blazeface import DEFAULT_CACHE_DIR, BlazeFaceDetector
-
-        return BlazeFaceDetector(cache_dir=model_dir or DEFAULT_CACHE_DIR, **score)
-    if name == "mtcnn":
-        from preprocessing.mtcnn_detector import MtcnnDetector
-
-        return MtcnnDetector(**score, **({} if max_side is None else {"max_side": max_side}))
-    raise ValueError(f"unknown face detector {name!r}; known: {', '.join(DETECTORS)}")
 
 
 def drop_nested(faces: list[Face], max_inside: float = NESTED_OVERLAP) -> list[Face]:

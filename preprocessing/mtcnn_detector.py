@@ -1,6 +1,6 @@
 """MTCNN (mtcnn 1.0.0 on TensorFlow) as a `preprocessing.faces.FaceDetector`.
 
-Importing this module imports TensorFlow (mtcnn does): `preprocessing.faces.load_detector`
+Importing this module imports TensorFlow (mtcnn does): `preprocessing.detectors.load_detector`
 imports it only when "mtcnn" is asked for.
 
 Choices, measured on the face-api group photos, scikit-image's astronaut and the openpeople

@@ -202,7 +202,7 @@ class FrameDetector(Protocol):
 
 
 def load_face_detector(name: str, options: dict[str, Any] | None = None) -> FrameDetector:
-    from preprocessing.faces import load_detector
+    from preprocessing.detectors import load_detector
 
     return load_detector(name, **(options or {}))
 

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from preprocessing import blazeface
+from preprocessing.detectors import DETECTORS, load_detector
 from preprocessing.faces import (
-    DETECTORS,
     LANDMARK_NAMES,
     Face,
     FaceDetector,
@@ -27,7 +27,6 @@ from preprocessing.faces import (
     downscale,
     drop_nested,
     eye_angle,
-    load_detector,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -271,7 +270,7 @@ def test_one_detector_serves_several_threads(detector: FaceDetector) -> None:
 BLAZEFACE_ONLY = """
 import sys
 from PIL import Image
-from preprocessing.faces import load_detector
+from preprocessing.detectors import load_detector
 detector = load_detector("blazeface")
 detector.detect(Image.open("tests/fixtures/astronaut.jpg").convert("RGB"))
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "mtcnn", "tf_keras")))

@@ -45,7 +45,7 @@ def members(module):
 
 before = {{key: id(value) for module in theirs() for key, value in members(module)}}
 import service  # noqa: E402
-from preprocessing.faces import load_detector
+from preprocessing.detectors import load_detector
 for name in ("blazeface", "mtcnn"):
     load_detector(name).detect(Image.fromarray(np.zeros((64, 64, 3), np.uint8)))
 after = {{key: value for module in theirs() for key, value in members(module)}}

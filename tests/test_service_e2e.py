@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 from modeling.loading import load_classifier
 from modeling.spec import ModelSpec
 from preprocessing.decode import DecodeLimits
-from preprocessing.faces import load_detector
+from preprocessing.detectors import load_detector
 from preprocessing.tensor import normalize
 from serving.pipeline import DetectionPipeline
 from tests.helpers import FIXTURES, ServerProcess, image_bytes

@@ -1,7 +1,7 @@
 """Labelled images to 160x160 face crops, split by group, plus pseudo-fakes from the reals.
 
 Faces are found with a detector of `preprocessing.faces` (`PrepareConfig.detector`: "mtcnn",
-the service's `FaceDetector`, or any name `preprocessing.faces.load_detector` knows) and cut
+the service's `FaceDetector`, or any name `preprocessing.detectors.load_detector` knows) and cut
 with `crop_face`, the one crop function serving uses too (imported, never re-implemented): a
 model trained here sees faces framed exactly as it will see them in production. Small images
 are taken as ready crops (MTCNN cannot find a face in a 25 px image) and only resized,
@@ -273,8 +273,8 @@ def load_pixels(path: Path, size: tuple[int, int] = CROP_SIZE) -> np.ndarray:
 
 
 def load_named_detector(name: str) -> Detector:
-    """The serving detector of that name (`preprocessing.faces.load_detector`)."""
-    from preprocessing.faces import load_detector
+    """The serving detector of that name (`preprocessing.detectors.load_detector`)."""
+    from preprocessing.detectors import load_detector
 
     return load_detector(name)
 

@@ -1,0 +1,32 @@
+"""The face detectors by name: BlazeFace (no TensorFlow) or MTCNN (TensorFlow), each with its
+own defaults (preprocessing/blazeface.py, preprocessing/mtcnn_detector.py), behind the one
+interface of preprocessing.faces.FaceDetector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from preprocessing.faces import FaceDetector
+
+DETECTORS: tuple[str, ...] = ("blazeface", "mtcnn")
+
+
+def load_detector(
+    name: str, *, model_dir: Path | None = None, min_score: float | None = None, max_side: int | None = None
+) -> FaceDetector:
+    """A detector by name (one of DETECTORS), with its own defaults; load it once and share it.
+
+    "blazeface" imports no TensorFlow; its model file comes from `model_dir` (the model store's
+    copy, which `model_import.py` puts there) or is fetched into .cache/blazeface. "mtcnn"
+    imports TensorFlow; `max_side` is its working size. `min_score`: the detector's own
+    threshold unless given (the two score on different scales)."""
+    score = {} if min_score is None else {"min_score": min_score}
+    if name == "blazeface":
+        from preprocessing.blazeface import DEFAULT_CACHE_DIR, BlazeFaceDetector
+
+        return BlazeFaceDetector(cache_dir=model_dir or DEFAULT_CACHE_DIR, **score)
+    if name == "mtcnn":
+        from preprocessing.mtcnn_detector import MtcnnDetector
+
+        return MtcnnDetector(**score, **({} if max_side is None else {"max_side": max_side}))
+    raise ValueError(f"unknown face detector {name!r}; known: {', '.join(DETECTORS)}")
