@@ -50,6 +50,7 @@ const ui = {
   photo: part('photo'),
   video: part('video'),
   overlay: part('overlay'),
+  explanation: part('explanation'),
   facesTitle: part('faces-title'),
   faces: part('faces'),
   variants: part('variants'),
@@ -289,6 +290,8 @@ function describeError(outcome) {
       return 'The upload took too long to arrive. Try again, or with a smaller file.';
     case 'TIMEOUT':
       return 'The server took too long to answer. Try again in a moment.';
+    case 'VIDEO_DECODE_FAILED':
+      return 'The decoder stopped on this video: the server cannot read it to the end.';
     case 'VIDEO_TIMEOUT':
       return 'The video took too long to analyse. Try fewer frames, or a shorter clip.';
     case 'NOT_FOUND':
@@ -348,16 +351,22 @@ async function post(kind, explain) {
   };
 }
 
-// A 400 that names `explain`: a server from before heatmaps, which refuses fields it does not take.
+// A 400 that names `explain` (a server from before heatmaps refuses fields it does not take), or
+// 422 EXPLAIN_UNAVAILABLE (its model has no layer to compute them on).
 function refusedExplain(outcome) {
   const body = outcome.body || {};
-  return (
-    outcome.explain && outcome.status === 400 && /explain/.test(`${body.error || ''} ${body.details || ''}`)
-  );
+  if (!outcome.explain) return false;
+  if (outcome.status === 422 && body.error_code === 'EXPLAIN_UNAVAILABLE') return true;
+  return outcome.status === 400 && /explain/.test(`${body.error || ''} ${body.details || ''}`);
 }
 
 function faceList(answer) {
   return Array.isArray(answer && answer.faces) ? answer.faces : [];
+}
+
+// What heatmaps belong to: the faces of a photo, the tracks of a video.
+function explained(answer) {
+  return [...faceList(answer), ...(Array.isArray(answer && answer.tracks) ? answer.tracks : [])];
 }
 
 async function analyse() {
@@ -398,11 +407,10 @@ async function analyse() {
     if (outcome.status === 401) askForKey(outcome.sentKey);
     return;
   }
-  const faces = faceList(outcome.body);
+  const items = explained(outcome.body);
   if (outcome.explain) {
-    const drawn = faces.some((face) => face && face.heatmap);
-    if (drawn) state.explain = true;
-    else if (faces.length) say(ui.notice, 'The server sent no heatmaps for these faces.');
+    if (items.some((item) => item && item.heatmap)) state.explain = true;
+    else if (items.length) say(ui.notice, 'The server sent no heatmaps for these faces.');
   }
   state.kind = kind;
   state.answer = outcome.body;
@@ -524,6 +532,8 @@ function renderImage(answer, kind, bands) {
     });
   }
   ui.stage.classList.toggle('show-heatmaps', ui.heatmaps.checked);
+  const how = answer.explanation || detect.explanation;
+  say(ui.explanation, how && how.method ? `Heatmaps: ${how.method}.` : '');
   ui.facesTitle.textContent = faces.length ? 'Faces' : '';
   ui.faces.replaceChildren(...faces.map((face, i) => faceItem(face, i, bands, kind)));
   renderVariants(answer, kind, faces, bands);
@@ -589,7 +599,10 @@ function renderVideo(answer, bands) {
   const video = answer.video || {};
   const tracks = Array.isArray(answer.tracks) ? answer.tracks : [];
   const threshold = bands.threshold;
-  const fake = tracks.filter((t) => t.fake_probability >= threshold).length;
+  const fake =
+    typeof answer.fake_tracks === 'number'
+      ? answer.fake_tracks
+      : tracks.filter((t) => t.fake_probability >= threshold).length;
   const verdict = answer.verdict || (tracks.length ? 'uncertain' : 'no_face');
   summarise(
     verdict,
@@ -601,6 +614,8 @@ function renderVideo(answer, bands) {
       : 'A face is followed through the sampled frames; it is judged from all of them.',
   );
   showMedia('video');
+  ui.stage.classList.toggle('show-heatmaps', ui.heatmaps.checked);
+  say(ui.explanation, '');
   ui.overlay.replaceChildren();
   ui.faces.replaceChildren();
   ui.facesTitle.textContent = '';
@@ -625,6 +640,7 @@ function trackItem(track, index, video, bands) {
   const count = track.frame_count ?? frames.length;
   const share =
     typeof track.fake_share === 'number' ? `, judged fake in ${percent(track.fake_share)} of them` : '';
+  const counted = track.counted === false ? ' Seen on too few frames to count toward the verdict.' : '';
   return el(
     'li',
     {
@@ -636,14 +652,14 @@ function trackItem(track, index, video, bands) {
     el(
       'p',
       { class: 'face-title' },
-      el('strong', { text: `Face ${track.track_id ?? index + 1}` }),
+      el('strong', { text: `Face ${index + 1}` }),
       ' ',
       el('span', { class: `badge ${verdict}`, 'data-role': 'track-verdict', text: VERDICT_WORDS[verdict] }),
     ),
     el('p', {
       class: 'hint',
       'data-role': 'track-frames',
-      text: `${plural(count, 'frame', 'frames')}${share}.`,
+      text: `${plural(count, 'frame', 'frames')}${share}.${counted}`,
     }),
     probabilityBar(track.fake_probability, bands, 'track-bar'),
     timeline(frames, video.duration_s, bands),
@@ -718,8 +734,12 @@ function drawVideoBoxes() {
     for (const f of frames)
       if (!nearest || Math.abs(f.time - now) < Math.abs(nearest.time - now)) nearest = f;
     if (nearest && Math.abs(nearest.time - now) <= step && Array.isArray(nearest.box)) {
-      const label = String(track.track_id ?? i + 1); // as the track list names it
-      boxes.push(faceBox({ box: nearest.box, verdict: track.verdict }, i, size, label));
+      boxes.push(faceBox({ box: nearest.box, verdict: track.verdict }, i, size));
+    }
+    // A track's heatmap belongs to one frame (its most-fake): shown while the video is there.
+    const map = heatmapOverlay(track, i, size);
+    if (map && typeof track.heatmap_time === 'number' && Math.abs(track.heatmap_time - now) <= step) {
+      boxes.unshift(map);
     }
   });
   ui.overlay.replaceChildren(...boxes);
@@ -735,6 +755,7 @@ function useFile(file) {
   state.answer = null;
   state.kind = null;
   state.videoBoxes = null;
+  say(ui.explanation, '');
   ui.overlay.replaceChildren();
   ui.faces.replaceChildren();
   show(ui.variants, false);
@@ -761,6 +782,10 @@ ui.photo.addEventListener('load', () => {
 ui.video.addEventListener('loadedmetadata', () => {
   app.dataset.mediaLoaded = 'true';
 });
+ui.video.addEventListener('error', () => {
+  app.dataset.mediaLoaded = 'failed'; // the analysis does not need the browser to play it
+  say(ui.notice, 'This browser cannot play this video; the analysis is shown all the same.');
+});
 ui.video.addEventListener('timeupdate', drawVideoBoxes);
 ui.video.addEventListener('seeked', drawVideoBoxes);
 
@@ -779,10 +804,10 @@ ui.analyze.addEventListener('click', analyse);
 
 ui.heatmaps.addEventListener('change', () => {
   ui.stage.classList.toggle('show-heatmaps', ui.heatmaps.checked);
-  if (!ui.heatmaps.checked || !state.answer || state.kind === 'video') return;
+  if (!ui.heatmaps.checked || !state.answer) return;
   if (state.explain === false) {
     say(ui.notice, 'This server does not make heatmaps.');
-  } else if (!faceList(state.answer).some((face) => face && face.heatmap)) {
+  } else if (!explained(state.answer).some((item) => item && item.heatmap)) {
     analyse(); // ask again, with explain=true
   }
 });
