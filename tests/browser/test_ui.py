@@ -289,6 +289,8 @@ def test_heatmap_toggle_asks_for_heatmaps_and_lays_them_over_the_faces(
     displayed, maps = page.geometry('[data-role="heatmap"]')
     assert page.attr("explain-sent") == "true" and all(m.visible for m in maps)
     assert_places([m.place for m in maps], expected_places(expected, "heatmap"), displayed)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.driver.save_screenshot(str(ARTIFACTS / "test_ui_heatmaps_on.png"))
     page.check("heatmaps", on=False)
     assert not any(m.visible for m in page.geometry('[data-role="heatmap"]')[1])
 
@@ -375,13 +377,13 @@ def test_a_video_is_sent_to_the_video_route(page: UiPage, ui_api: ThreadServer) 
     from tests.videos import clip
 
     video = clip("moving.mp4")
-    direct = ui_api.post(
-        "/api/v1/detect/video", files={"file": (video.name, video.read_bytes(), "video/mp4")}
-    )
+    files = {"file": (video.name, video.read_bytes(), "video/mp4")}
+    direct = ui_api.post("/api/v1/detect/video", files=files, data={"explain": "true"})
     page.open(ui_url(ui_api.url))
+    page.check("heatmaps")
     state = page.upload(video)
     assert page.attr("kind") == "video"
-    if direct.status_code == 404:  # today's server has no video route
+    if direct.status_code == 404:  # a server without the video route
         assert (state, page.text("error-text")) == ("error", "This server does not analyse videos.")
         return
     expected = direct.json()
@@ -393,6 +395,19 @@ def test_a_video_is_sent_to_the_video_route(page: UiPage, ui_api: ThreadServer) 
     shown = [percent_of(t.p_fake) for t in tracks]
     want = [100 * t["fake_probability"] for t in expected["tracks"]]
     assert all(abs(a - b) <= 0.05 + 1e-9 for a, b in zip(shown, want, strict=True)), (shown, want)
+    # At the frame a track's heatmap is of: its box and its heatmap where the answer puts them.
+    index, track = next((i, t) for i, t in enumerate(expected["tracks"]) if t.get("heatmap"))
+    frame = min(track["frames"], key=lambda f: abs(f["time"] - track["heatmap_time"]))
+    page.seek(frame["time"])
+    size = (expected["video"]["width"], expected["video"]["height"]) * 2
+    displayed, boxes = page.geometry()
+    _, maps = page.geometry('[data-role="heatmap"]')
+    seen = [b.place for b in boxes if b.index == index] + [m.place for m in maps if m.index == index]
+    places = [
+        tuple(v / s for v, s in zip(box, size, strict=True))
+        for box in (frame["box"], track["heatmap"]["box"])
+    ]
+    assert_places(seen, places, displayed)
 
 
 # ---- Another origin, an API key, a rate limit (keyed_api)

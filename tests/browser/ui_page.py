@@ -113,7 +113,7 @@ class UiPage:
         """Waits until the page shows an answer (or an error); returns data-state."""
         self.wait(lambda: self.attr("state") in ("done", "error"))
         if self.attr("state") == "done":
-            self.wait(lambda: self.attr("media-loaded") == "true")
+            self.wait(lambda: self.attr("media-loaded") in ("true", "failed"))
         return self.attr("state") or ""
 
     def enter_key(self, key: str) -> str:
@@ -123,6 +123,17 @@ class UiPage:
         field.send_keys(key)
         self.part("key-save").click()
         return self.settle()
+
+    def seek(self, time_s: float) -> None:
+        """Moves the video to `time_s` and waits until the page has drawn that moment."""
+        video = self.part("video")
+        script = """
+        const video = arguments[0];
+        delete video.dataset.seeked;
+        video.addEventListener('seeked', () => { video.dataset.seeked = 'true'; }, { once: true });
+        video.currentTime = arguments[1];"""
+        self.driver.execute_script(script, video, time_s)
+        self.wait(lambda: video.get_attribute("data-seeked") == "true")
 
     # ---- reading things
     @property
