@@ -59,6 +59,7 @@ from serving.schemas import (
 )
 from serving.settings import get_settings
 from serving.shutdown import stop_when_idle
+from serving.ui import add_ui
 
 logger = logging.getLogger("deepfake")
 SETTINGS = get_settings()
@@ -496,6 +497,7 @@ CLIENT_ROUTES: dict[str, FormPolicy | None] = {
     "/model_info": None,
 }
 PROBES = ("/livez", "/healthz", "/readyz", "/metrics", "/schema.json")
+add_ui(http)  # the page for people at /ui/ (before the fallback, which must stay last)
 add_docs_and_fallback(
     http, [*((path, {"POST"}) for path in CLIENT_ROUTES), *((path, {"GET", "HEAD"}) for path in PROBES)]
 )

@@ -1,0 +1,110 @@
+"""The web page for people: `/ui/` (HTML), its assets under `/ui/assets/` (plain files from
+serving/ui/, no build step, nothing fetched from elsewhere).
+
+The page talks to the API of the origin it is served from, or to the one named by `?api=`
+(`/ui/?api=https://host:port`); the Content-Security-Policy then lets it connect to that
+origin too, and to nothing else. The same folder also works served as static files from any
+other origin (index.html?api=...), where that server's headers apply."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.staticfiles import StaticFiles
+
+from serving.errors import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger("deepfake")
+UI_DIR = Path(__file__).parent / "ui"
+NOSNIFF = ("X-Content-Type-Options", "nosniff")
+
+
+def api_origin(value: str | None) -> str | None:
+    """The origin (`scheme://host[:port]`) of an `?api=` value; None unless it is an http(s) URL
+    with a host and nothing but an optional "/" after it."""
+    if not value:
+        return None
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port  # raises on a port that is not a number
+    except ValueError:
+        return None
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return None
+    if any(c in host for c in " ;,'\"") or not host.isascii():
+        return None  # nothing that could end a CSP source expression
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def content_security_policy(connect_to: str | None = None) -> str:
+    """Nothing from outside: scripts and styles from this origin only (no inline script), images
+    also as data: (heatmaps) and blob: (the chosen file), and requests to this origin plus
+    `connect_to` (an origin from `api_origin`)."""
+    connect = " ".join(["'self'", *([connect_to] if connect_to else [])])
+    return "; ".join(
+        [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data: blob:",
+            "media-src 'self' blob:",
+            f"connect-src {connect}",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
+def _headers(csp: str) -> dict[str, str]:
+    return {"Content-Security-Policy": csp, NOSNIFF[0]: NOSNIFF[1], "Cache-Control": "no-cache"}
+
+
+class _WithHeaders:
+    """An ASGI app whose answers get `headers` added (for the static assets)."""
+
+    def __init__(self, app: ASGIApp, headers: dict[str, str]) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def add_ui(app: FastAPI) -> None:
+    """The page at `/ui/` (`/ui` redirects there, keeping the query) and its assets at
+    `/ui/assets/`. Call it before `add_docs_and_fallback`: the fallback route must stay last.
+    Without the page's files (a Bento built without serving/ui/) the API serves without it."""
+    if not (UI_DIR / "index.html").is_file():
+        logger.warning("no web page: %s is missing; /ui is not served", UI_DIR / "index.html")
+        return
+    page = (UI_DIR / "index.html").read_text(encoding="utf-8")
+
+    async def ui_page(request: Request) -> Response:
+        api = api_origin(request.query_params.get("api"))
+        own = f"{request.url.scheme}://{request.url.netloc}"
+        csp = content_security_policy(api if api and api != own else None)
+        return HTMLResponse(page, headers=_headers(csp))
+
+    async def ui_redirect(request: Request) -> Response:
+        query = request.url.query
+        return RedirectResponse("/ui/" + (f"?{query}" if query else ""), status_code=307)
+
+    app.add_api_route("/ui/", ui_page, methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route("/ui", ui_redirect, methods=["GET", "HEAD"], include_in_schema=False)
+    assets = StaticFiles(directory=UI_DIR / "assets")
+    app.mount("/ui/assets", _WithHeaders(assets, _headers(content_security_policy())), name="ui-assets")
