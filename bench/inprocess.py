@@ -53,20 +53,25 @@ def measure(
     count: int,
     images: list[bytes],
     rounds: int = SINGLE_ROUNDS,
+    detector_name: str | None = None,
 ) -> InProcessResult:
     import bentoml
 
     from modeling.inference import Classifier
-    from modeling.spec import ModelSpec
-    from preprocessing.faces import FaceDetector
-    from serving.pipeline import DetectionPipeline
-    from serving.settings import SETTINGS
+    from modeling.spec import DETECTOR_FILES_NAME, ModelSpec
+    from preprocessing.detectors import load_detector
+    from serving.pipeline import DetectionPipeline, FaceSettings
+    from serving.settings import Settings
 
+    settings = Settings()
     stored = bentoml.models.get(model_tag)
     spec = ModelSpec.from_metadata(stored.info.metadata)
     classifier = Classifier.load(Path(stored.path), spec)
-    detector = FaceDetector() if faces else None
-    pipeline = DetectionPipeline(spec, str(stored.tag), SETTINGS.limits, None, detector, SETTINGS.faces)  # type: ignore[arg-type]
+    name = detector_name or settings.face_detector or spec.detector or "blazeface"  # as the service picks
+    files = Path(bentoml.models.get(f"{DETECTOR_FILES_NAME}:latest").path)
+    detector = load_detector(name, model_dir=files) if faces else None
+    face_settings = FaceSettings(max_faces=settings.max_faces)
+    pipeline = DetectionPipeline(spec, str(stored.tag), settings.limits, None, detector, face_settings)  # type: ignore[arg-type]
     uploads = [images[i % len(images)] for i in range(count)]
 
     def crops(data: bytes) -> list[np.ndarray]:
@@ -82,15 +87,17 @@ def measure(
     single, augmented = [], []
     for data in images * rounds:
         started = time.perf_counter()
-        classifier(np.stack(crops(data)))
+        if found := crops(data):  # a photo without a face is not shown to the model
+            classifier(np.stack(found))
         single.append(time.perf_counter() - started)
     for data in images * max(1, rounds // 2):
         started = time.perf_counter()
-        classifier(pipeline.augmented_batch(data)[1])
+        if len(batch := pipeline.augmented_batch(data)[1]):
+            classifier(batch)
         augmented.append(time.perf_counter() - started)
 
     per_batch, model_ms = {}, {}
-    with ThreadPoolExecutor(max_workers=SETTINGS.decode_concurrency) as pool:
+    with ThreadPoolExecutor(max_workers=settings.decode_concurrency) as pool:
         for size in batch_sizes:
             # A stream, as in the service: the decode threads work through every upload in
             # order while the model runs; the model takes the next `size` images as soon as
@@ -101,7 +108,8 @@ def measure(
             for index in range(0, count, size):
                 ready = [crop for future in pending[index : index + size] for crop in future.result()]
                 t0 = time.perf_counter()
-                classifier(np.stack(ready))
+                if ready:
+                    classifier(np.stack(ready))
                 timings.append(time.perf_counter() - t0)
             per_batch[size] = round(count / (time.perf_counter() - started), 2)
             model_ms[size] = round(statistics.median(timings) * 1000, 1)
@@ -127,9 +135,17 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--images", type=int, default=64, help="images per batch-size run")
     parser.add_argument("--no-faces", action="store_true", help="judge whole images (face detection off)")
+    parser.add_argument("--detector", choices=("blazeface", "mtcnn"), help="default: as the service picks")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    result = measure(args.model_tag, not args.no_faces, args.batch_sizes, args.images, default_images())
+    result = measure(
+        args.model_tag,
+        not args.no_faces,
+        args.batch_sizes,
+        args.images,
+        default_images(),
+        detector_name=args.detector,
+    )
     for size, rate in result.per_batch_size.items():
         print(f"batch {size:3d}: {rate:7.2f} images/s   model {result.model_only_ms[size]:7.1f} ms/batch")
     print(
