@@ -105,4 +105,5 @@ class ModelSpec(BaseModel):
         return cls.model_validate(metadata)
 
     def to_metadata(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        # The model store takes no None values; a field left out reads back as its default.
+        return self.model_dump(mode="json", exclude_none=True)
