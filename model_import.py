@@ -22,6 +22,7 @@ fails is refused (exit 2); auto falls back to the next one with a warning.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import sys
@@ -178,7 +179,13 @@ def choose_precision(
         return spec, None
     crops = CropSet.from_folder(calibration) if calibration else CropSet.from_folder()
     for candidate in AUTO_ORDER if precision == "auto" else (precision,):
-        acceptance, optimized = try_precision(model, spec, candidate, crops, saved_model)
+        try:
+            acceptance, optimized = try_precision(model, spec, candidate, crops, saved_model)
+        except ImportRefused as refused:
+            if precision != "auto":
+                raise
+            print(f"WARNING: {candidate} skipped: {refused}", file=sys.stderr)
+            continue
         if acceptance.accepted:
             fields: dict[str, Any] = {
                 "precision": candidate,
@@ -213,6 +220,8 @@ def try_precision(
         if not bf16_native():
             raise ImportRefused("bf16 needs a CPU with native bf16 (AVX512_BF16 or AMX); this one has none")
         return accept(reference, BF16Network(model), "bf16", spec, crops), None
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        raise ImportRefused(f"{precision} runs on LiteRT: pip install ai-edge-litert (see requirements.txt)")
     calibration = normalize(load_crops(crops.calibration, spec.input_size), spec.normalization)
     try:
         optimized = convert_litert(model, precision, calibration, saved_model)  # type: ignore[arg-type]

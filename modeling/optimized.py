@@ -353,15 +353,18 @@ def accept(
     evaluation = load_crops(crops.evaluation, spec.input_size)
     fixtures = load_crops(crops.fixtures, spec.input_size)
     images = np.concatenate([evaluation, fixtures])
-    before, after = (
-        p_fake(predict(reference, images, spec), spec),
-        p_fake(predict(candidate, images, spec), spec),
-    )
-    change = np.abs(after - before)
+    before = p_fake(predict(reference, images, spec), spec)
+    crashed = ""
+    try:
+        after = p_fake(predict(candidate, images, spec), spec)
+    except Exception as exc:  # noqa: BLE001 - a runtime failure on valid input is a refusal
+        after = np.full_like(before, np.nan)
+        crashed = f"fails on the evaluation crops ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    change = np.nan_to_num(np.abs(after - before), nan=1.0)  # no answer: as far off as can be
     flipped = (before >= spec.threshold) != (after >= spec.threshold)
     fixture_flips = int(flipped[len(evaluation) :].sum())
-    failures = []
-    if change.max(initial=0.0) > limit:
+    failures = [crashed] if crashed else []
+    if not crashed and change.max(initial=0.0) > limit:
         failures.append(f"P(fake) changes by up to {change.max():.3f} (limit {limit})")
     if fixture_flips:
         failures.append(f"{fixture_flips} of {len(fixtures)} fixture labels flip")
