@@ -2,21 +2,22 @@
 
     python -m modeling.optimized calibration-set PREPARED_OR_CROPS OUT [--calibration N --evaluation N]
 
-Precisions (measured on the default FaceNet model, 2-core AMD EPYC with AVX512_BF16/VNNI,
-`bench/precision.py`; core-ms per image at batch 32, largest change of P(fake) over held-out
-crops):
+Precisions (measured on the default FaceNet model, 2-core AMD EPYC with AVX512_BF16/VNNI, shared
+and busy, `bench/precision.py`: core-ms per image at batch 32, and the largest change of P(fake)
+over the committed evaluation crops and fixtures):
 
-* `fp32`: TensorFlow runs the Keras file (the reference): ~30 core-ms.
+* `fp32`: TensorFlow runs the Keras file (the reference): 29-33 core-ms.
 * `bf16`: the same Keras file, TensorFlow with oneDNN's bf16 auto-mixed precision (convolutions
-  and matrix products in bf16, numerically sensitive ops kept in fp32): ~18 core-ms, drift
-  ~0.01. Only where the CPU has native bf16 (AVX512_BF16 or AMX); elsewhere it serves fp32.
+  and matrix products in bf16, numerically sensitive ops kept in fp32): 16-19 core-ms, drift
+  0.018; slower than fp32 at batch 1 (the weights are cast on every call, see BF16Network).
+  Served only where the CPU has native bf16 (AVX512_BF16, AMX); elsewhere fp32.
 * `fp16`: a LiteRT file with fp16 weights (XNNPACK computes in fp32 on x86): the speed of fp32,
-  drift ~0.001, but no TensorFlow in the model process (~250 MB instead of ~870 MB, loads in
-  0.3 s instead of 8 s or more).
+  drift 0.001, and no TensorFlow in the model process (270 MB resident instead of 760 MB).
 * `int8`: a LiteRT full-integer file (weights and activations int8, float in and out),
-  calibrated on training crops: ~11 core-ms, but drift 0.39 on the default model (its head
-  reads 2304 standardised features, which add up the quantisation noise of the whole
-  backbone), so the gate refuses it there.
+  calibrated on training crops: 11-12 core-ms, but drift 0.39 on the default model (its head
+  sums 2304 standardised features, which adds up the quantisation noise of the whole backbone;
+  int8 in the stem alone already moves P(fake) by 0.10), and its int8 prewhitening divides by
+  zero on a flat image: the gate refuses it there.
 
 The gate (`accept`): the largest |change of P(fake)| over the evaluation crops against fp32 is
 at most `MAX_P_FAKE_CHANGE`, no fixture's label (P(fake) >= threshold) flips, and flat images
@@ -121,30 +122,26 @@ def bf16_scope() -> Iterator[None]:
 class BF16Network:
     """A Keras model run by TensorFlow with oneDNN bf16 auto-mixed precision.
 
-    The graph is frozen (weights as constants) so that the rewrite's casts of the weights to
-    bf16 fold once, at the first call, instead of costing ~25 ms on every call (measured at
-    batch 1 on the default model: 68 -> 32 core-ms; the same from batch 32)."""
+    The rewrite casts the fp32 weights to bf16 on every call: ~15-20 core-ms a call on the
+    default model, so bf16 loses to fp32 at batch 1 and wins from batch 8. Freezing the graph
+    first (weights as constants, the casts folded once) halves batch 1, but measured +750 MB
+    resident (2.4 GB while it folds) for the default model: not worth it on this budget."""
 
     def __init__(self, model: Any) -> None:
         import tensorflow as tf
 
         shape = (None, *tuple(model.inputs[0].shape)[1:])
-        traced = tf.function(
+        # One traced function for every batch size; `model(x)` inside, not predict_on_batch,
+        # so that the rewrite sees the whole graph.
+        self._fn = tf.function(
             lambda x: model(x, training=False), input_signature=[tf.TensorSpec(shape, tf.float32)]
         )
-        try:
-            from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-            self._fn = convert_variables_to_constants_v2(traced.get_concrete_function())
-        except Exception:  # noqa: BLE001 - a graph that cannot be frozen still runs, casting per call
-            self._fn = traced
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         import tensorflow as tf
 
         with bf16_scope():
             out = self._fn(tf.constant(np.asarray(x, np.float32)))
-        out = out[0] if isinstance(out, list | tuple) else out
         return np.asarray(out, np.float32).reshape(len(x))
 
 
