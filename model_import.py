@@ -4,16 +4,25 @@
     python model_import.py face.h5              # a legacy FaceNet file: output P(real), [0, 1] input
     python model_import.py model.keras --output p_fake --normalization minus_one_one
     python model_import.py saved_model_dir/ --metrics metrics.json
+    python model_import.py model.keras --precision int8   # LiteRT int8, if it passes the gate
 
 Accepted: `.keras`, legacy `.h5`, a TensorFlow SavedModel folder. The file must be a
 single-output binary classifier with a fixed image input; it is loaded with Keras safe_mode
 on (model files can carry code) unless `--trust-code` is given for a file you trust.
 Set BENTOML_HOME to choose the store (the Makefile uses .bentoml/ in the project).
+
+`--precision` (modeling/optimized.py): fp32 (TensorFlow, the default for a file), bf16
+(TensorFlow's bf16 rewrite, CPUs with native bf16), fp16 or int8 (a LiteRT file stored beside
+the Keras file, served without TensorFlow), or auto (int8, else bf16, else fp32: the default
+model's choice). An optimized precision is served only if it passes the gate: P(fake) within
+0.03 of fp32 on every evaluation crop and no fixture label flipped. An explicit precision that
+fails is refused (exit 2); auto falls back to the next one with a warning.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import sys
@@ -24,7 +33,9 @@ from typing import Any
 import numpy as np
 
 from modeling.artifacts import sha256_file
-from modeling.spec import DEFAULT_MODEL_NAME, DETECTOR_FILES_NAME, ModelSpec
+from modeling.spec import DEFAULT_MODEL_NAME, DETECTOR_FILES_NAME, Acceptance, ModelSpec
+
+PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8", "auto")
 
 
 class ImportRefused(Exception):
@@ -95,10 +106,14 @@ def import_model(
     placeholder: bool = False,
     labels: dict[str, str] | None = None,
     spec_fields: dict[str, Any] | None = None,
+    precision: str = "fp32",
+    calibration: Path | None = None,
 ) -> str:
     """Import `path` into the store; return the new tag. Raises ImportRefused.
 
-    `spec_fields`: further ModelSpec fields (verdict bands, group rule, detector, calibration)."""
+    `spec_fields`: further ModelSpec fields (verdict bands, group rule, detector, calibration).
+    `precision`: one of PRECISION_CHOICES; `calibration`: a calibration-set folder
+    (`python -m modeling.optimized calibration-set`), default models/default/calibration."""
     import bentoml
 
     path = Path(path)
@@ -134,12 +149,92 @@ def import_model(
         card=card or {},
         **(spec_fields or {}),
     )
+    spec, optimized = choose_precision(
+        model, spec, precision, calibration, path if fmt == "saved_model" else None
+    )
     with bentoml.models.create(name, metadata=spec.to_metadata(), labels=labels or {}) as stored:
         if fmt == "saved_model":
             shutil.copytree(path, stored.path_of("saved_model"))
         else:
             model.save(stored.path_of("model.keras"))  # .h5 files become .keras once, here
+        if optimized is not None:
+            from modeling.optimized import NETWORK_FILE, network_summary
+
+            Path(stored.path_of(spec.optimized_file)).write_bytes(optimized)
+            Path(stored.path_of(NETWORK_FILE)).write_text(json.dumps(network_summary(model)) + "\n")
     return str(stored.tag)
+
+
+def choose_precision(
+    model: Any, spec: ModelSpec, precision: str, calibration: Path | None, saved_model: Path | None = None
+) -> tuple[ModelSpec, bytes | None]:
+    """The spec to store (precision, runtime, optimized file, acceptance) and the optimized
+    file's bytes (None: the Keras file is served). Raises ImportRefused."""
+    from modeling.optimized import AUTO_ORDER, OPTIMIZED_FILE, RUNTIME_OF, CropSet
+
+    if precision not in PRECISION_CHOICES:
+        raise ImportRefused(f"precision {precision!r}: expected one of {', '.join(PRECISION_CHOICES)}")
+    if precision == "fp32":
+        return spec, None
+    crops = CropSet.from_folder(calibration) if calibration else CropSet.from_folder()
+    for candidate in AUTO_ORDER if precision == "auto" else (precision,):
+        try:
+            acceptance, optimized = try_precision(model, spec, candidate, crops, saved_model)
+        except ImportRefused as refused:
+            if precision != "auto":
+                raise
+            print(f"WARNING: {candidate} skipped: {refused}", file=sys.stderr)
+            continue
+        if acceptance.accepted:
+            fields: dict[str, Any] = {
+                "precision": candidate,
+                "runtime": RUNTIME_OF[candidate],
+                "acceptance": acceptance,
+            }
+            if optimized is not None:
+                fields |= {
+                    "optimized_file": OPTIMIZED_FILE[candidate],
+                    "optimized_sha256": sha256_bytes(optimized),
+                }
+            return spec.model_copy(update=fields), optimized
+        message = f"{candidate} refused by the gate: {acceptance.reason}"
+        if precision != "auto":
+            raise ImportRefused(f"{message}; import with --precision fp32 (or another precision)")
+        print(f"WARNING: {message}; trying the next precision", file=sys.stderr)
+    print("WARNING: no optimized precision passed the gate; the model is served in fp32", file=sys.stderr)
+    return spec, None
+
+
+def try_precision(
+    model: Any, spec: ModelSpec, precision: str, crops: Any, saved_model: Path | None = None
+) -> tuple[Acceptance, bytes | None]:
+    """Build `precision` (LiteRT file, or TensorFlow bf16) and gate it against fp32."""
+    from modeling.optimized import BF16Network, LiteRTNetwork, accept, bf16_native, convert_litert, load_crops
+    from preprocessing.tensor import normalize
+
+    def reference(x: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict_on_batch(x)).reshape(len(x))
+
+    if precision == "bf16":
+        if not bf16_native():
+            raise ImportRefused("bf16 needs a CPU with native bf16 (AVX512_BF16 or AMX); this one has none")
+        return accept(reference, BF16Network(model), "bf16", spec, crops), None
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        raise ImportRefused(f"{precision} runs on LiteRT: pip install ai-edge-litert (see requirements.txt)")
+    calibration = normalize(load_crops(crops.calibration, spec.input_size), spec.normalization)
+    try:
+        optimized = convert_litert(model, precision, calibration, saved_model)  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001 - a converter failure is a refusal with its reason
+        raise ImportRefused(
+            f"{precision}: LiteRT conversion failed: {str(exc).splitlines()[0][:300]}"
+        ) from None
+    return accept(reference, LiteRTNetwork(optimized), precision, spec, crops), optimized  # type: ignore[arg-type]
+
+
+def sha256_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
 
 
 def default_model_tag(name: str) -> str | None:
@@ -158,7 +253,9 @@ def default_model_tag(name: str) -> str | None:
     return None
 
 
-def import_default(name: str, *, if_missing: bool) -> str:
+def import_default(
+    name: str, *, if_missing: bool, precision: str = "auto", calibration: Path | None = None
+) -> str:
     from modeling.default import DEFAULT_MODEL_VERSION, build_default_model
 
     if if_missing and (tag := default_model_tag(name)):
@@ -166,7 +263,14 @@ def import_default(name: str, *, if_missing: bool) -> str:
         return tag
     with tempfile.TemporaryDirectory() as workdir:
         path, options = build_default_model(Path(workdir))
-        return import_model(path, name=name, labels={"default_recipe": DEFAULT_MODEL_VERSION}, **options)
+        return import_model(
+            path,
+            name=name,
+            labels={"default_recipe": DEFAULT_MODEL_VERSION},
+            precision=precision,
+            calibration=calibration,
+            **options,
+        )
 
 
 def import_face_detector(*, if_missing: bool = True) -> str:
@@ -224,6 +328,16 @@ def main(argv: list[str] | None = None) -> int:
         "--trust-code", action="store_true", help="load with Keras safe_mode off (only for files you trust)"
     )
     parser.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        help="how the model service runs it (default: fp32 for a file, auto for the default model)",
+    )
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        help="calibration-set folder for int8 and the gate (default: models/default/calibration)",
+    )
+    parser.add_argument(
         "--if-missing",
         action="store_true",
         help="with no path: skip if the default model is already in the store",
@@ -234,7 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         detector = import_face_detector(if_missing=True)  # the service serves with it, whatever the model
         print(f"face detector files: {detector}")
         if args.path is None:
-            tag = import_default(args.name, if_missing=args.if_missing)
+            tag = import_default(
+                args.name,
+                if_missing=args.if_missing,
+                precision=args.precision or "auto",
+                calibration=args.calibration,
+            )
         else:
             metrics = json.loads(args.metrics.read_text()) if args.metrics else None
             tag = import_model(
@@ -246,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
                 trust_code=args.trust_code,
                 metrics=metrics,
                 description=args.description,
+                precision=args.precision or "fp32",
+                calibration=args.calibration,
             )
     except (ImportRefused, ValueError, OSError) as exc:
         print(f"model_import: refused: {exc}", file=sys.stderr)

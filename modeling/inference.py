@@ -1,16 +1,23 @@
 """The served network behind one call: uint8 image batches in, raw sigmoid outputs out.
 
 Used by the model service and, unchanged, by the in-process benchmark, so that the two
-measure the same thing."""
+measure the same thing. The runtime and precision are the stored model's metadata
+(`ModelSpec.runtime`, `.precision`; see modeling/optimized.py): a LiteRT model is served
+without importing TensorFlow at all."""
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from modeling.spec import ModelSpec
+
+logger = logging.getLogger("deepfake")
 
 
 def stored_file(spec: ModelSpec) -> str:
@@ -19,33 +26,69 @@ def stored_file(spec: ModelSpec) -> str:
 
 
 class Classifier:
-    def __init__(self, model: Any, spec: ModelSpec) -> None:
-        self.model = model
+    def __init__(
+        self,
+        network: Callable[[np.ndarray], np.ndarray],
+        spec: ModelSpec,
+        summary: dict[str, Any],
+        served: dict[str, Any] | None = None,
+    ) -> None:
+        self.network = network  # normalised float32 batch -> raw outputs
         self.spec = spec
+        self.summary = summary  # input_shape, layers, parameters
+        self.served = served or {"runtime": spec.runtime, "precision": spec.precision}
 
     @classmethod
-    def load(cls, model_dir: Path, spec: ModelSpec) -> Classifier:
-        from modeling.loading import load_classifier
-
-        model = load_classifier(Path(model_dir) / stored_file(spec), safe_mode=not spec.trusted_code)
-        classifier = cls(model, spec)
+    def load(cls, model_dir: Path, spec: ModelSpec, *, threads: int | None = None) -> Classifier:
+        """`threads`: LiteRT's (default: every core); TensorFlow keeps its process-wide setting."""
+        model_dir = Path(model_dir)
+        if spec.runtime == "litert":
+            classifier = cls._load_litert(model_dir, spec, threads)
+        else:
+            classifier = cls._load_tensorflow(model_dir, spec)
         classifier(np.zeros((1, *spec.input_size, 3), np.uint8))  # warm-up: build the graph now
         return classifier
+
+    @classmethod
+    def _load_litert(cls, model_dir: Path, spec: ModelSpec, threads: int | None) -> Classifier:
+        from modeling.artifacts import require_sha256
+        from modeling.optimized import NETWORK_FILE, LiteRTNetwork
+
+        path = model_dir / spec.optimized_file
+        require_sha256(path, spec.optimized_sha256)
+        network = LiteRTNetwork(path, threads)
+        summary = json.loads((model_dir / NETWORK_FILE).read_text())
+        served = {"runtime": "litert", "precision": spec.precision, "file": spec.optimized_file,
+                  "threads": network.threads}  # fmt: skip
+        return cls(network, spec, summary, served)
+
+    @classmethod
+    def _load_tensorflow(cls, model_dir: Path, spec: ModelSpec) -> Classifier:
+        from modeling.loading import load_classifier
+        from modeling.optimized import BF16Network, bf16_native, network_summary
+
+        model = load_classifier(model_dir / stored_file(spec), safe_mode=not spec.trusted_code)
+        served: dict[str, Any] = {"runtime": "tensorflow", "precision": "fp32", "file": stored_file(spec)}
+        network: Callable[[np.ndarray], np.ndarray] = lambda x: model.predict_on_batch(x)  # noqa: E731
+        if spec.precision == "bf16":
+            if bf16_native():
+                network = BF16Network(model)
+                served["precision"] = "bf16"
+            else:  # emulated bf16 is slower than fp32; fp32 is what the gate compared against
+                served["note"] = "bf16 imported, fp32 served: this CPU has no native bf16"
+                logger.warning("model %s: %s", spec.source.get("file", ""), served["note"])
+        return cls(network, spec, network_summary(model), served)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N,) float32 raw outputs."""
         from preprocessing.tensor import normalize
 
         x = normalize(images, self.spec.normalization)
-        return np.asarray(self.model.predict_on_batch(x), dtype=np.float32).reshape(len(images))
+        return np.asarray(self.network(x), dtype=np.float32).reshape(len(images))
 
     def differentiable(self) -> Any:
         """The Keras model gradients can flow through (heatmaps, modeling/explain.py)."""
         return self.model
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "input_shape": list(self.model.inputs[0].shape),
-            "layers": [layer.name for layer in self.model.layers],
-            "parameters": int(self.model.count_params()),
-        }
+        return {**self.summary, **self.served}

@@ -21,6 +21,10 @@ Label = Literal["fake", "real"]
 # What a person may conclude: the served P(fake) against the model's verdict bands. `no_face`:
 # nothing was judged (no face found in a photo that is not itself a face crop).
 VerdictName = Literal["likely_fake", "uncertain", "likely_real", "no_face"]
+# How the model service runs the network (modeling/optimized.py): fp32 and bf16 on TensorFlow
+# (the Keras file), fp16 and int8 on LiteRT (a converted file beside it).
+Precision = Literal["fp32", "bf16", "fp16", "int8"]
+Runtime = Literal["tensorflow", "litert"]
 
 
 class VerdictBands(BaseModel):
@@ -42,6 +46,26 @@ class GroupRule(BaseModel):
 
     alpha: float = Field(0.05, gt=0.0, lt=0.5)
     real_logit_std: float | None = Field(None, gt=0.0)
+
+
+class Acceptance(BaseModel):
+    """The gate an optimized precision passed (or failed) at import, against fp32 TensorFlow."""
+
+    model_config = ConfigDict(frozen=True)
+
+    accepted: bool
+    reason: str = ""  # why not, when not accepted
+    max_p_fake_change: float  # largest |P(fake) - fp32 P(fake)| over evaluation crops and fixtures
+    p99_p_fake_change: float = 0.0
+    mean_p_fake_change: float = 0.0
+    limit: float
+    crops: int  # evaluation crops and fixtures scored
+    fixtures: int
+    label_flips: int  # over all crops scored; the gate counts the fixtures'
+    fixture_flips: int
+    calibration_crops: int = 0  # int8: crops the activation ranges came from
+    calibration_sha256: str = ""  # of the calibration-set folder
+    cpu: str = ""  # where it was measured
 
 
 # The served probability's decision point: every model's own threshold is mapped onto it.
@@ -85,6 +109,14 @@ class ModelSpec(BaseModel):
     # How the served probability was calibrated, and under which prior (informational).
     calibration: dict[str, Any] = Field(default_factory=dict)
     file_format: Literal["keras", "saved_model"] = "keras"
+    # What the model service runs. fp32: the Keras file (or SavedModel) on TensorFlow; bf16: the
+    # same file with TensorFlow's bf16 rewrite; fp16/int8: `optimized_file` on LiteRT, stored
+    # beside the Keras file, which stays the reference.
+    precision: Precision = "fp32"
+    runtime: Runtime = "tensorflow"
+    optimized_file: str = ""
+    optimized_sha256: str = ""
+    acceptance: Acceptance | None = None
     # Loaded with Keras safe_mode off: only for files the importer was told to trust.
     trusted_code: bool = False
     description: str = ""
@@ -153,5 +185,5 @@ class ModelSpec(BaseModel):
         return cls.model_validate(metadata)
 
     def to_metadata(self) -> dict[str, Any]:
-        # BentoML's metadata holds basic types only, no None: an unset field is left out.
+        # The model store takes no None values; a field left out reads back as its default.
         return self.model_dump(mode="json", exclude_none=True)
