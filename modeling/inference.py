@@ -32,8 +32,12 @@ class Classifier:
         spec: ModelSpec,
         summary: dict[str, Any],
         served: dict[str, Any] | None = None,
+        keras_model: Any = None,
+        model_dir: Path | None = None,
     ) -> None:
         self.network = network  # normalised float32 batch -> raw outputs
+        self._keras_model = keras_model  # the float32 Keras model, when it is loaded already
+        self._model_dir = model_dir
         self.spec = spec
         self.summary = summary  # input_shape, layers, parameters
         self.served = served or {"runtime": spec.runtime, "precision": spec.precision}
@@ -60,7 +64,7 @@ class Classifier:
         summary = json.loads((model_dir / NETWORK_FILE).read_text())
         served = {"runtime": "litert", "precision": spec.precision, "file": spec.optimized_file,
                   "threads": network.threads}  # fmt: skip
-        return cls(network, spec, summary, served)
+        return cls(network, spec, summary, served, model_dir=model_dir)
 
     @classmethod
     def _load_tensorflow(cls, model_dir: Path, spec: ModelSpec) -> Classifier:
@@ -77,7 +81,7 @@ class Classifier:
             else:  # emulated bf16 is slower than fp32; fp32 is what the gate compared against
                 served["note"] = "bf16 imported, fp32 served: this CPU has no native bf16"
                 logger.warning("model %s: %s", spec.source.get("file", ""), served["note"])
-        return cls(network, spec, network_summary(model), served)
+        return cls(network, spec, network_summary(model), served, keras_model=model, model_dir=model_dir)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N,) float32 raw outputs."""
@@ -87,8 +91,17 @@ class Classifier:
         return np.asarray(self.network(x), dtype=np.float32).reshape(len(images))
 
     def differentiable(self) -> Any:
-        """The Keras model gradients can flow through (heatmaps, modeling/explain.py)."""
-        return self.model
+        """The float32 Keras model gradients can flow through (heatmaps, modeling/explain.py):
+        the served one, or, for an optimized file (LiteRT), the Keras file stored beside it,
+        loaded the first time it is asked for."""
+        if self._keras_model is None:
+            from modeling.loading import load_classifier
+
+            assert self._model_dir is not None
+            path = self._model_dir / stored_file(self.spec)
+            self._keras_model = load_classifier(path, safe_mode=not self.spec.trusted_code)
+        return self._keras_model
 
     def describe(self) -> dict[str, Any]:
-        return {**self.summary, **self.served}
+        """input_shape, layers, parameters; and `served`: runtime, precision, file, threads."""
+        return {**self.summary, "served": self.served}

@@ -49,7 +49,7 @@ Predict = Callable[[np.ndarray], Awaitable[np.ndarray]]
 Explain = Callable[[np.ndarray], Awaitable[np.ndarray]]
 EXPLANATION = Explanation(
     method="Grad-CAM of the decision toward fake (modeling/explain.py), positive evidence only",
-    model="the served network, in float32 Keras",
+    model="the served network's float32 Keras weights (the verdicts are the served precision's: model_info)",
 )
 
 

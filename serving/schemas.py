@@ -227,6 +227,11 @@ class ModelInfoResponse(BaseModel):
     group: dict[str, Any] = Field(description="The rule for photos of several faces (new)")
     calibration: dict[str, Any] = Field(description="How the served probability was calibrated (new)")
     detector: str = Field(description="The face detector the model's training crops came from (new)")
+    precision: str = Field(description="fp32, bf16, fp16 or int8: what the model service runs (new)")
+    runtime: str = Field(description="tensorflow or litert (new)")
+    acceptance: dict[str, Any] | None = Field(
+        None, description="The gate the optimized precision passed at import, against fp32 (new)"
+    )
     normalization: str
     placeholder: bool = Field(description="True for an untrained stand-in model")
     description: str
@@ -253,3 +258,4 @@ class ModelDescription(BaseModel):
     layers: list[str]
     parameters: int
     path: str
+    served: dict[str, Any] = Field(default_factory=dict, description="runtime, precision, file, threads")

@@ -97,7 +97,8 @@ def test_every_runtime_answers_like_fp32(imported: dict[str, str], fixture_crops
         assert out.dtype == np.float32 and out.shape == expected.shape, precision
         assert np.abs(p_fake(out, spec) - p_fake(expected, spec)).max() <= MAX_P_FAKE_CHANGE, precision
         described = classifier.describe()
-        assert (described["precision"], described["runtime"]) == (precision, RUNTIME_OF[precision])
+        served = described["served"]
+        assert (served["precision"], served["runtime"]) == (precision, RUNTIME_OF[precision])
         for key in ("input_shape", "layers", "parameters"):  # model info, with or without Keras
             assert described[key] == reference.describe()[key], (precision, key)
         assert classifier(fixture_crops[:1]).shape == (1,)  # a new batch size after a larger one
@@ -110,7 +111,7 @@ def _serve_in_fresh_process(tag: str) -> dict[str, Any]:
         "worker = service.FaceClassifier.inner()\n"
         f"out = worker.classifier(np.zeros((3, {SIZE}, {SIZE}, 3), np.uint8))\n"
         "print(json.dumps({'error': worker.error, 'shape': list(out.shape), 'dtype': str(out.dtype),\n"
-        "    'describe': worker.describe()['precision'],\n"
+        "    'describe': worker.describe().served['precision'],\n"
         "    'tensorflow': 'tensorflow' in sys.modules, 'keras': 'keras' in sys.modules}))\n"
     )
     env = {**os.environ, "DEEPFAKE_MODEL_TAG": tag}
