@@ -1,12 +1,18 @@
-"""The speed report: the service against its own in-process limit, measured in one run.
+"""The speed report: configurations side by side, in one run, on the same image mix.
 
     make bench            # or: BENTOML_HOME=.bentoml .venv/bin/python bench/suite.py
 
-Starts `bentoml serve` (faces on, then faces off), and for each: time to ready, idle memory,
-the in-process limit (bench/inprocess.py), then closed-loop HTTP load (bench/http_load.py) on
-`detect` at concurrency 1, 8, 32, 64, concurrency 1 again right after 64 (recovery), and
-`detect_augmented` at concurrency 1, 8, 32, 64. Prints one table of ratios; writes the raw
-numbers to bench/results/ (git-ignored).
+Configurations (each a `bentoml serve` of its own, one after the other):
+- before:  MTCNN + the default classifier in fp32 TensorFlow (fa10c59's configuration);
+- after:   the defaults: BlazeFace + the default classifier at the precision its import chose;
+- no-faces-fp32: face detection off, fp32 (the serving overhead against the in-process limit);
+- legacy:  the old backend's stack rebuilt (bench/legacy_stack.py: gunicorn 1x4, eager
+           TensorFlow, model.predict per request, no faces), serving the same fp32 file.
+For each: ready time and idle memory, detect at concurrency 1, 8, 32 (three runs, the median
+counts) and 64, with requests/s, p50/p99, answers by status, faces per request (a detector
+that finds fewer faces is not faster for it), CPU per request by process; for `after` also
+augmented, recovery after the burst, and the in-process limit. Then one table of ratios
+against the targets; the raw numbers go to bench/results/ (git-ignored).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 from bench.http_load import load_images, run, server_rss_mb  # noqa: E402
 from bench.inprocess import SINGLE_ROUNDS, default_images, measure  # noqa: E402
 
+FP32_NAME = "deepfake_classifier_fp32"  # the default classifier imported again, fp32
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -40,29 +48,31 @@ def free_port() -> int:
 
 
 class Server:
-    """`bentoml serve` with its own BENTOML_HOME around the project's model store."""
+    """`bentoml serve` (or another command) with its own BENTOML_HOME around the store."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(
+        self, env: dict[str, str], command: list[str] | None = None, port: int | None = None
+    ) -> None:
         store = Path(os.environ.get("BENTOML_HOME", ROOT / ".bentoml"))
         self.home = Path(tempfile.mkdtemp(prefix="bench-home-"))
         (self.home / "models").symlink_to(store / "models")
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.command = command or [
+            sys.executable, "-m", "bentoml", "serve", "service:DeepfakeDetector", "--port", str(self.port),
+        ]  # fmt: skip
         self.env = {**os.environ, "BENTOML_HOME": str(self.home), "DEEPFAKE_LOG_FORMAT": "text", **env}
+        self.ready_path = "/readyz" if command is None else "/metrics"
 
     def __enter__(self) -> Server:
         started = time.perf_counter()
         self.log = (self.home / "serve.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service:DeepfakeDetector", "--port", str(self.port)],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+            self.command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT
         )
-        while time.perf_counter() - started < 180:
+        while time.perf_counter() - started < 300:
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=1).status_code == 200:
                     self.ready_s = time.perf_counter() - started
                     return self
             except httpx.HTTPError:
@@ -77,102 +87,152 @@ class Server:
 
 def recovery(url: str, images: list[tuple[str, bytes]], seconds: float = 10.0) -> list[float]:
     """p50 latency (ms) of concurrency-1 detect in consecutive 2-second windows."""
-    windows = []
-    for _ in range(int(seconds / 2)):
-        result = asyncio.run(run(url, "detect", 1, 10**6, 2.0, images))
-        windows.append(result.p50_ms)
-    return windows
+    return [asyncio.run(run(url, "detect", 1, 10**6, 2.0, images)).p50_ms for _ in range(int(seconds / 2))]
 
 
 def load(url: str, route: str, concurrency: int, count: int, images: list[tuple[str, bytes]]) -> dict:
     result = asyncio.run(run(url, route, concurrency, count, 0, images))
     print(
-        f"  {route} c={concurrency}: {result.rps} req/s p50 {result.p50_ms} ms p95 {result.p95_ms} ms "
-        f"p99 {result.p99_ms} ms statuses {result.statuses} batches {result.batch_histogram} "
-        f"(mean {result.mean_batch}) rss {result.server_rss_mb} MB",
+        f"  {route} c={concurrency}: {result.rps} req/s p50 {result.p50_ms} ms p99 {result.p99_ms} ms "
+        f"statuses {result.statuses} faces/request {result.faces_per_request} batches {result.mean_batch} "
+        f"cpu ms/request {result.cpu_ms_per_request} rss {result.server_rss_mb} MB",
         flush=True,
     )
     return asdict(result)
 
 
-def bench_config(faces: bool, requests: int, images: list[tuple[str, bytes]]) -> dict:
-    env = {"DEEPFAKE_FACE_DETECTION": "true" if faces else "false"}
+def detect_runs(url: str, requests: int, images: list[tuple[str, bytes]], repeats: int = 3) -> dict:
+    runs: dict = {}
+    asyncio.run(run(url, "detect", 4, 40, 0, images))  # warm-up: first-call costs out of the way
+    for concurrency in (1, 8, 32, 64):
+        # Concurrency 1 sends every image as often as the in-process single-image median saw it.
+        count = SINGLE_ROUNDS * len(images) if concurrency == 1 else max(requests, 8 * concurrency)
+        runs[f"detect_c{concurrency}"] = load(url, "detect", concurrency, count, images)
+        if concurrency == 32 and repeats > 1:  # the ratios' run: the median of three
+            more = [runs["detect_c32"]] + [load(url, "detect", 32, count, images) for _ in range(repeats - 1)]
+            runs["detect_c32_repeats"] = [r["rps"] for r in more]
+            runs["detect_c32"] = sorted(more, key=lambda r: r["rps"])[len(more) // 2]
+    return runs
+
+
+def bench_server(name: str, env: dict[str, str], requests: int, images: list[tuple[str, bytes]], *,
+                 inprocess: dict | None = None, extras: bool = False) -> dict:  # fmt: skip
+    print(f"\n[{name}] {env}", flush=True)
     with Server(env) as server:
-        time.sleep(2)
+        time.sleep(3)  # idle: what a quiet server holds
         report: dict = {
-            "faces": faces,
+            "env": env,
             "ready_s": round(server.ready_s, 1),
             "idle_rss_mb": round(server_rss_mb(server.url), 1),
         }
-        os.environ.update(env)  # the in-process pipeline reads the same settings
-        limit = measure("deepfake_classifier:latest", faces, [1, 8, 16, 32, 64], 96, default_images())
-        report["inprocess"] = asdict(limit)
-        print(
-            f"[faces {'on' if faces else 'off'}] ready {report['ready_s']} s, idle RSS "
-            f"{report['idle_rss_mb']} MB; in-process best {limit.best_images_per_s} img/s at batch "
-            f"{limit.best_batch_size}, single image {limit.single_image_ms} ms, augmented "
-            f"{limit.single_augmented_ms} ms",
-            flush=True,
-        )
-        runs = {}
-        asyncio.run(run(server.url, "detect", 4, 40, 0, images))  # warm-up: first-call costs out of the way
-        # Concurrency 1 sends every image as often as the in-process single-image median saw it.
-        single_count = SINGLE_ROUNDS * len(images)
-        for concurrency in (1, 8, 32, 64):
-            count = max(requests, 8 * concurrency) if concurrency > 1 else single_count
-            runs[f"detect_c{concurrency}"] = load(server.url, "detect", concurrency, count, images)
-            if concurrency == 32:  # the ratio's run: twice more, and the median of the three
-                repeats = [runs["detect_c32"]] + [
-                    load(server.url, "detect", concurrency, count, images) for _ in range(2)
-                ]
-                runs["detect_c32_repeats"] = [r["rps"] for r in repeats]
-                runs["detect_c32"] = sorted(repeats, key=lambda r: r["rps"])[1]
-        report["recovery_p50_ms"] = recovery(server.url, images)
-        print(f"  detect c=1 after c=64, p50 per 2 s window: {report['recovery_p50_ms']}", flush=True)
-        # Augmented requests carry seven times the model work: fewer of them.
-        for concurrency in (1, 8, 32, 64):
-            count = single_count // 2 if concurrency == 1 else max(requests // 2, 2 * concurrency)
-            runs[f"augmented_c{concurrency}"] = load(server.url, "augmented", concurrency, count, images)
-        report["http"] = runs
+        print(f"  ready {report['ready_s']} s, idle RSS {report['idle_rss_mb']} MB", flush=True)
+        if inprocess is not None:
+            os.environ.update(env)  # the in-process pipeline reads the same settings
+            limit = measure(env["DEEPFAKE_MODEL_TAG"], **inprocess, images=default_images())
+            for key in env:
+                os.environ.pop(key, None)
+            report["inprocess"] = asdict(limit)
+            print(
+                f"  in-process: best {limit.best_images_per_s} img/s (batch {limit.best_batch_size}), single "
+                f"{limit.single_image_ms} ms, augmented {limit.single_augmented_ms} ms",
+                flush=True,
+            )
+        report["http"] = detect_runs(server.url, requests, images)
+        if extras:
+            report["recovery_p50_ms"] = recovery(server.url, images)
+            print(f"  detect c=1 after c=64, p50 per 2 s window: {report['recovery_p50_ms']}", flush=True)
+            for concurrency in (1, 32):
+                count = SINGLE_ROUNDS * len(images) // 2 if concurrency == 1 else max(requests // 2, 64)
+                report["http"][f"augmented_c{concurrency}"] = load(
+                    server.url, "augmented", concurrency, count, images
+                )
         report["final_rss_mb"] = round(server_rss_mb(server.url), 1)
     return report
 
 
-def summary(report: dict) -> list[str]:
-    limit = report["inprocess"]
-    http = report["http"]
-    single = limit["single_image_ms"]
-    c1 = http["detect_c1"]["p50_ms"]
-    errors = {
-        route: sum(
-            n
-            for key, run_ in http.items()
-            if key.startswith(route) and isinstance(run_, dict)
-            for status, n in run_["statuses"].items()
-            if status != "200"
-        )
-        for route in ("detect", "augmented")
-    }
-    augmented = http["augmented_c1"]["p50_ms"]
-    back = next((i * 2 + 2 for i, p50 in enumerate(report["recovery_p50_ms"]) if p50 <= 1.2 * c1), None)
-    rps, best = http["detect_c32"]["rps"], limit["best_images_per_s"]
-    cpu = http["detect_c32"]["cpu_ms_per_request"]
-    cores = os.cpu_count() or 1
-    return [
-        f"| throughput c=32 (median of {http['detect_c32_repeats']}) / in-process limit | "
-        f"{rps} / {best} = {rps / best:.2f} | >= 0.85 |",
-        f"| CPU per image: in-process ({cores} cores / limit) vs service at c=32 | "
-        f"{cores * 1000 / best:.1f} vs {sum(cpu.values()):.1f} core-ms "
-        f"({', '.join(f'{role} {ms}' for role, ms in sorted(cpu.items()))}) | |",
-        f"| errors, detect c=1..64 (augmented) | {errors['detect']} ({errors['augmented']}) | 0 |",
-        f"| p50 c=1 vs in-process single image | {c1} vs {single} ms ({c1 - single:+.1f} ms) | <= +15 ms |",
-        f"| p50 c=1 within 20 % of idle after c=64 | {f'after {back} s' if back else 'not within 10 s'} "
-        f"({report['recovery_p50_ms']}) | <= 10 s |",
-        f"| augmented / detect p50 at c=1 | {augmented} / {c1} = {augmented / c1:.2f} (in-process "
-        f"{limit['single_augmented_ms'] / single:.2f}) | <= 2.5 |",
-        f"| ready after start | {report['ready_s']} s | <= 20 s |",
-        f"| idle RSS, all server processes | {report['idle_rss_mb']} MB | < 1500 MB |",
+def bench_legacy(fp32_tag: str, requests: int, images: list[tuple[str, bytes]]) -> dict:
+    from bench.legacy_stack import serve
+
+    port = free_port()
+    print(f"\n[legacy] gunicorn 1x4, eager TensorFlow, {fp32_tag}", flush=True)
+    with Server({}, command=serve(fp32_tag, port), port=port) as server:
+        report: dict = {"ready_s": round(server.ready_s, 1), "http": {}}
+        asyncio.run(run(server.url, "detect", 2, 8, 0, images))
+        for concurrency in (1, 32):
+            count = max(requests // 4, 2 * concurrency)
+            report["http"][f"detect_c{concurrency}"] = load(server.url, "detect", concurrency, count, images)
+    return report
+
+
+def model_path() -> str:
+    """bench/precision.py in a process of its own: the chosen path against fp32 TensorFlow."""
+    run_ = subprocess.run(
+        [sys.executable, "bench/precision.py", "--batch-sizes", "1", "32"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    return run_.stdout.strip() or run_.stderr[-2000:]
+
+
+def ensure_models() -> tuple[str, str]:
+    """The default classifier as `make model` imported it, and again in fp32 for `before`."""
+    from model_import import import_default, import_face_detector
+
+    import_face_detector()
+    default = import_default("deepfake_classifier", if_missing=True)
+    fp32 = import_default(FP32_NAME, if_missing=True, precision="fp32")
+    return default, fp32
+
+
+def errors(http: dict, route: str) -> int:
+    return sum(
+        n
+        for key, run_ in http.items()
+        if key.startswith(route) and isinstance(run_, dict)
+        for status, n in run_["statuses"].items()
+        if status != "200"
+    )
+
+
+def table(reports: dict) -> list[str]:
+    before, after = reports["before"]["http"], reports["after"]["http"]
+    off, legacy = reports["no_faces_fp32"], reports["legacy"]["http"]
+    ratio_32 = after["detect_c32"]["rps"] / before["detect_c32"]["rps"]
+    p50 = after["detect_c1"]["p50_ms"] / before["detect_c1"]["p50_ms"]
+    limit = off["inprocess"]["best_images_per_s"]
+    cpu = {name: sum(r["http"]["detect_c32"]["cpu_ms_per_request"].values()) for name, r in reports.items()}
+    rows = [
+        "| measure | before (MTCNN + fp32) | after (defaults) | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| detect c=32 req/s (medians of {before.get('detect_c32_repeats')}, "
+        f"{after.get('detect_c32_repeats')}) | {before['detect_c32']['rps']} | {after['detect_c32']['rps']} | {ratio_32:.2f}x | >= 3x |",
+        f"| detect p50 at c=1 | {before['detect_c1']['p50_ms']} ms | {after['detect_c1']['p50_ms']} ms | "
+        f"{p50:.2f} | <= 0.5 |",
+        f"| detect p99 at c=1 / c=32 | {before['detect_c1']['p99_ms']} / "
+        f"{before['detect_c32']['p99_ms']} ms | "
+        f"{after['detect_c1']['p99_ms']} / {after['detect_c32']['p99_ms']} ms | | |",
+        f"| faces per request at c=32 | {before['detect_c32']['faces_per_request']} | "
+        f"{after['detect_c32']['faces_per_request']} | | the same mix |",
+        f"| CPU per request at c=32 (core-ms, by process) | {cpu['before']:.0f} "
+        f"({before['detect_c32']['cpu_ms_per_request']}) | {cpu['after']:.0f} "
+        f"({after['detect_c32']['cpu_ms_per_request']}) | | |",
+        f"| errors, detect c=1..64 | {errors(before, 'detect')} | {errors(after, 'detect')} | | 0 |",
+        f"| idle RSS, all server processes | {reports['before']['idle_rss_mb']} MB | "
+        f"{reports['after']['idle_rss_mb']} MB | | <= 1000 MB |",
+        f"| ready after start | {reports['before']['ready_s']} s | {reports['after']['ready_s']} s "
+        "| | <= 10 s |",
+        f"| faces off, fp32: c=32 / in-process limit | | {off['http']['detect_c32']['rps']} / {limit} | "
+        f"{off['http']['detect_c32']['rps'] / limit:.2f} | >= 0.85 |",
+        f"| legacy stack c=32 req/s (after / legacy) | | {legacy['detect_c32']['rps']} | "
+        f"{after['detect_c32']['rps'] / legacy['detect_c32']['rps']:.1f}x | >= 10x |",
     ]
+    if "augmented_c1" in after:
+        rows.append(
+            f"| augmented / detect p50 at c=1 | | {after['augmented_c1']['p50_ms']} / "
+            f"{after['detect_c1']['p50_ms']} ms | {after['augmented_c1']['p50_ms'] / after['detect_c1']['p50_ms']:.2f} | |"
+        )
+    return rows
 
 
 def main() -> None:
@@ -182,27 +242,31 @@ def main() -> None:
     parser.add_argument(
         "--requests", type=int, default=200, help="requests per HTTP run (more at high concurrency)"
     )
-    parser.add_argument("--only", choices=("faces", "no-faces"), help="run one configuration")
     args = parser.parse_args()
     images = load_images([])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    reports = {}
-    for faces in (True, False):
-        if args.only and args.only != ("faces" if faces else "no-faces"):
-            continue
-        reports["faces" if faces else "no_faces"] = bench_config(faces, args.requests, images)
-    print(f"\nMachine: {machine}")
-    for name, report in reports.items():
-        print(
-            f"\n{name}: model {report['inprocess']['model_tag']}\n| measure | value | target |\n|---|---|---|"
-        )
-        print("\n".join(summary(report)))
-    if len(reports) == 2:
-        on, off = (
-            reports["faces"]["http"]["detect_c32"]["rps"],
-            reports["no_faces"]["http"]["detect_c32"]["rps"],
-        )
-        print(f"\nface detection cost at c=32: {on} req/s with faces, {off} without ({on / off:.2f}x)")
+    default, fp32 = ensure_models()
+    faces_on = {"faces": True, "batch_sizes": [1, 8, 32, 64], "count": 96}
+    reports = {
+        "before": bench_server(
+            "before", {"DEEPFAKE_FACE_DETECTOR": "mtcnn", "DEEPFAKE_MODEL_TAG": fp32}, args.requests, images
+        ),
+        "after": bench_server(
+            "after", {"DEEPFAKE_MODEL_TAG": default}, args.requests, images, inprocess=faces_on, extras=True
+        ),
+        "no_faces_fp32": bench_server(
+            "no-faces-fp32",
+            {"DEEPFAKE_FACE_DETECTION": "false", "DEEPFAKE_MODEL_TAG": fp32},
+            args.requests,
+            images,
+            inprocess={**faces_on, "faces": False},
+        ),
+        "legacy": bench_legacy(fp32, args.requests, images),
+    }
+    reports["model_path"] = model_path()
+    print(f"\nMachine: {machine}; models: {default} (after), {fp32} (before, fp32)\n")
+    print("\n".join(table(reports)))
+    print(f"\nThe model path alone (bench/precision.py):\n{reports['model_path']}")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     path = out / f"suite-{time.strftime('%Y%m%d-%H%M%S')}.json"
