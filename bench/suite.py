@@ -206,7 +206,8 @@ def table(reports: dict) -> list[str]:
         "| measure | before (MTCNN + fp32) | after (defaults) | ratio | target |",
         "|---|---|---|---|---|",
         f"| detect c=32 req/s (medians of {before.get('detect_c32_repeats')}, "
-        f"{after.get('detect_c32_repeats')}) | {before['detect_c32']['rps']} | {after['detect_c32']['rps']} | {ratio_32:.2f}x | >= 3x |",
+        f"{after.get('detect_c32_repeats')}) | {before['detect_c32']['rps']} | "
+        f"{after['detect_c32']['rps']} | {ratio_32:.2f}x | >= 3x |",
         f"| detect p50 at c=1 | {before['detect_c1']['p50_ms']} ms | {after['detect_c1']['p50_ms']} ms | "
         f"{p50:.2f} | <= 0.5 |",
         f"| detect p99 at c=1 / c=32 | {before['detect_c1']['p99_ms']} / "
@@ -230,7 +231,8 @@ def table(reports: dict) -> list[str]:
     if "augmented_c1" in after:
         rows.append(
             f"| augmented / detect p50 at c=1 | | {after['augmented_c1']['p50_ms']} / "
-            f"{after['detect_c1']['p50_ms']} ms | {after['augmented_c1']['p50_ms'] / after['detect_c1']['p50_ms']:.2f} | |"
+            f"{after['detect_c1']['p50_ms']} ms | "
+            f"{after['augmented_c1']['p50_ms'] / after['detect_c1']['p50_ms']:.2f} | |"
         )
     return rows
 
