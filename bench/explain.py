@@ -232,7 +232,7 @@ def sanity(args: argparse.Namespace) -> None:
 
     model, spec = load_model(args.model_tag)
     _, faces = fixture_faces(spec)
-    classifier = Classifier(model, spec)
+    classifier = Classifier.from_keras(model, spec)
 
     def p_fake(batch: np.ndarray) -> np.ndarray:
         rows = [classifier(batch[i : i + 64]) for i in range(0, len(batch), 64)]
@@ -343,7 +343,7 @@ def cost(args: argparse.Namespace) -> None:
             for p in sorted((FIXTURES / "default_model").glob("*.png"))
         ]
     )
-    classifier = Classifier(model, spec)
+    classifier = Classifier.from_keras(model, spec)
     explainers = {
         (layer, method): Explainer(model, spec, layer, method)
         for layer in args.layers

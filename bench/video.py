@@ -184,7 +184,7 @@ def load_model(tag: str) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
         recipe = read_recipe()
         labels = ("fake", "real") if recipe["output"] == "p_real" else ("real", "fake")
         spec = ModelSpec(labels=labels, threshold=recipe["threshold"], normalization="zero_one")
-        classifier = Classifier(build_default_classifier(), spec)
+        classifier = Classifier.from_keras(build_default_classifier(), spec)
         classifier(np.zeros((1, *spec.input_size, 3), np.uint8))  # warm-up
     else:
         import bentoml

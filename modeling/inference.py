@@ -54,6 +54,16 @@ class Classifier:
         return classifier
 
     @classmethod
+    def from_keras(cls, model: Any, spec: ModelSpec) -> Classifier:
+        """A Keras model already in memory, served as fp32 TensorFlow (benchmarks, tests)."""
+        from modeling.optimized import network_summary
+
+        served = {"runtime": "tensorflow", "precision": "fp32", "file": "(in memory)"}
+        return cls(
+            lambda x: model.predict_on_batch(x), spec, network_summary(model), served, keras_model=model
+        )
+
+    @classmethod
     def _load_litert(cls, model_dir: Path, spec: ModelSpec, threads: int | None) -> Classifier:
         from modeling.artifacts import require_sha256
         from modeling.optimized import NETWORK_FILE, LiteRTNetwork

@@ -282,7 +282,7 @@ def test_default_layer_hottest_patches_carry_the_fake_evidence(
     from modeling.inference import Classifier
 
     model, spec = default_model
-    classifier = Classifier(model, spec)
+    classifier = Classifier.from_keras(model, spec)
     p_fake, maps = explain_batch(model, crops, spec)
     assert p_fake == pytest.approx(1.0 - classifier(crops), abs=1e-5)
     explainer = explainer_for(model, spec)
