@@ -31,9 +31,12 @@ serve: model
 	exec $(BIN)/bentoml serve service:DeepfakeDetector --host $(HOST) --port $(PORT)
 
 # The browser tests' Chromium (apt, as root) and selenium, when missing (quick when present).
+# Two pytest workers (pytest-xdist), whole files each: a file's servers and models stay in one
+# worker, and much of a test's time is spent waiting on a server, not on the CPU.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	VENV=$(VENV) bash scripts/setup-browser.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
