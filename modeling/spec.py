@@ -11,12 +11,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from preprocessing.tensor import Normalization
+
 # The store name `model_import.py` imports under and the server serves by default.
 DEFAULT_MODEL_NAME = "deepfake_classifier"
 # The face detector's model files in the store (BlazeFace's .tflite), packed into the Bento.
 DETECTOR_FILES_NAME = "face_detector_files"
 
-Normalization = Literal["zero_one", "minus_one_one", "raw"]
 Label = Literal["fake", "real"]
 # What a person may conclude: the served P(fake) against the model's verdict bands. `no_face`:
 # nothing was judged (no face found in a photo that is not itself a face crop).

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from PIL import Image
 
-from modeling.spec import Normalization
+# The input scalings `normalize` knows; which one a model needs is in its metadata (ModelSpec).
+Normalization = Literal["zero_one", "minus_one_one", "raw"]
 
 
 def to_input_array(image: Image.Image, input_size: tuple[int, int]) -> np.ndarray:
