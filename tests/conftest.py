@@ -26,6 +26,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from tests.helpers import ServerProcess, build_legacy_facenet_like, build_slow_classifier  # noqa: E402
 from tests.inprocess import service_app  # noqa: E402
+from tests.videos import BackgroundLoop  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -68,6 +69,14 @@ def app(served_tag: str) -> Iterator[TestClient]:
     """The service's ASGI app in this process, default settings, the small legacy model."""
     with service_app({"DEEPFAKE_MODEL_TAG": served_tag}, bentoml_metrics=True) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[BackgroundLoop]:
+    """An event loop on a thread for one test module's async fixtures (video worker pools)."""
+    background = BackgroundLoop()
+    yield background
+    background.close()
 
 
 @pytest.fixture(scope="session")

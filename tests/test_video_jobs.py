@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -17,24 +16,9 @@ import pytest
 
 from serving.jobs import JobNotDone, JobNotFound, JobStatus, JobStore, JobStoreFull, ProgressFn
 from serving.video_worker import VideoRequest, VideoWorkerPool
-from tests.videos import BackgroundLoop, clip
+from tests.videos import BackgroundLoop, alive, clip
 
 SAMPLES = 6
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[BackgroundLoop]:
-    background = BackgroundLoop()
-    yield background
-    background.close()
 
 
 @pytest.fixture(scope="module")

@@ -26,25 +26,10 @@ from serving.video_worker import (
     VideoWorkerError,
     VideoWorkerPool,
 )
-from tests.videos import FPS, PORTRAIT, SECONDS, BackgroundLoop, clip, pasted_frames
+from tests.videos import FPS, PORTRAIT, SECONDS, BackgroundLoop, alive, clip, pasted_frames
 
 SAMPLES = 9
 INPUT = (64, 64)  # the small test models' input (tests/helpers.build_legacy_facenet_like)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[BackgroundLoop]:
-    background = BackgroundLoop()
-    yield background
-    background.close()
 
 
 @pytest.fixture(scope="module")

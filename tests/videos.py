@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 import shutil
 import struct
 import tempfile
@@ -460,3 +461,12 @@ class BackgroundLoop:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+def alive(pid: int) -> bool:
+    """Whether a process (a decoder the pool should have killed) still exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
