@@ -247,9 +247,9 @@ def build_calibration_set(
     manifest (also written to `out/manifest.json`).
 
     `source` is a prepared training folder (`manifest.jsonl`: calibration from the train split,
-    evaluation from val and test) or any folder of crops (split by a seeded hash). Each part is
-    balanced over label/source (the first two folder levels), in a seeded order: the same
-    source gives the same files."""
+    evaluation from val and test; with identity folds instead, evaluation from fold 0) or any
+    folder of crops (split by a seeded hash). Each part is balanced over label/source (the first
+    two folder levels), in a seeded order: the same source gives the same files."""
     source, out = Path(source), Path(out)
     pools = _pools(source)
     picked = {"calibration": _balanced(pools["train"], calibration, seed), "evaluation": []}
@@ -281,12 +281,12 @@ def _pools(source: Path) -> dict[str, list[dict[str, str]]]:
     manifest = source / "manifest.jsonl"
     if manifest.is_file():
         rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-        keep = ("path", "label", "source", "split")
+        keep = ("path", "label", "source", "split", "fold")
         rows = [{key: str(row.get(key, "")) for key in keep} for row in rows]
-        return {
-            "train": [row for row in rows if row["split"] == "train"],
-            "held_out": [row for row in rows if row["split"] in ("val", "test")],
-        }
+        # identity folds and no split (the out-of-fold protocol): fold 0 is the evaluation part
+        folds = not any(row["split"] in ("val", "test") for row in rows)
+        held = [row for row in rows if (row["fold"] == "0" if folds else row["split"] in ("val", "test"))]
+        return {"train": [row for row in rows if row not in held], "held_out": held}
     rows = []
     for path in image_files(source):
         parts = path.relative_to(source).parts

