@@ -150,8 +150,10 @@ async def run(
                     async with session.post(f"{url}{ROUTES[route]}", data=form) as response:
                         body = await response.read()
                         statuses[str(response.status)] += 1
-                    if response.status == 200 and b'"face_count"' in body:
-                        faces.append(json.loads(body)["face_count"])
+                    # detect answers face_count at the top; detect_augmented does not
+                    count = json.loads(body).get("face_count") if response.status == 200 else None
+                    if count is not None:
+                        faces.append(count)
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     statuses[type(exc).__name__] += 1
                 latencies.append(time.perf_counter() - started)
