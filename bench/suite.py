@@ -53,7 +53,7 @@ class Server:
     def __init__(
         self, env: dict[str, str], command: list[str] | None = None, port: int | None = None
     ) -> None:
-        store = Path(os.environ.get("BENTOML_HOME", ROOT / ".bentoml"))
+        store = Path(os.environ.get("BENTOML_HOME", ROOT / ".bentoml")).resolve()
         self.home = Path(tempfile.mkdtemp(prefix="bench-home-"))
         (self.home / "models").symlink_to(store / "models")
         self.port = port or free_port()
