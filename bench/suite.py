@@ -201,7 +201,11 @@ def table(reports: dict) -> list[str]:
     ratio_32 = after["detect_c32"]["rps"] / before["detect_c32"]["rps"]
     p50 = after["detect_c1"]["p50_ms"] / before["detect_c1"]["p50_ms"]
     limit = off["inprocess"]["best_images_per_s"]
-    cpu = {name: sum(r["http"]["detect_c32"]["cpu_ms_per_request"].values()) for name, r in reports.items()}
+    cpu = {
+        name: sum(r["http"]["detect_c32"]["cpu_ms_per_request"].values())
+        for name, r in reports.items()
+        if isinstance(r, dict) and "http" in r
+    }
     rows = [
         "| measure | before (MTCNN + fp32) | after (defaults) | ratio | target |",
         "|---|---|---|---|---|",
@@ -266,14 +270,15 @@ def main() -> None:
         "legacy": bench_legacy(fp32, args.requests, images),
     }
     reports["model_path"] = model_path()
-    print(f"\nMachine: {machine}; models: {default} (after), {fp32} (before, fp32)\n")
-    print("\n".join(table(reports)))
-    print(f"\nThe model path alone (bench/precision.py):\n{reports['model_path']}")
+    # The raw numbers first: a table that fails must not lose a 15-minute run.
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     path = out / f"suite-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({"machine": machine, **reports}, indent=2))
     print(f"raw numbers: {path}")
+    print(f"\nMachine: {machine}; models: {default} (after), {fp32} (before, fp32)\n")
+    print("\n".join(table(reports)))
+    print(f"\nThe model path alone (bench/precision.py):\n{reports['model_path']}")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ seek_cost_frames=0 (seek whenever a sample's keyframe lies ahead: seek per sampl
 seek costs, in decoded frames (SEEK_COST_FRAMES in preprocessing/video.py).
 
 pipeline: `serving.video_worker.run_request` in this process on the 2-s-keyframe clip
-(probe, decode, MTCNN, crops), then the model hook: `--model-tag` loads that model (from the
+(probe, decode, faces with `--detector`, crops), then the model hook: `--model-tag` loads that model (from the
 BentoML store, or `default`: the default FaceNet built from the committed recipe) and runs
 every crop as one batch; without it, the model is left out (P(fake) 0.5 for the tracks).
 Prints the tracks found and where the time went.
 
-pool: `VideoWorkerPool` (`--pool-size`, default 2) with MTCNN: the clip alone three times,
+pool: `VideoWorkerPool` (`--pool-size`, default 2) with that detector: the clip alone three times,
 then 8 clips at once; wall time, latency, frames/s, and the workers' resident memory.
 """
 
@@ -199,9 +199,9 @@ def load_model(tag: str) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
     return predict, spec
 
 
-def bench_pipeline(path: Path, model_tag: str | None) -> dict[str, Any]:
+def bench_pipeline(path: Path, model_tag: str | None, detector_name: str) -> dict[str, Any]:
     started = time.perf_counter()
-    detector = load_face_detector("")
+    detector = load_face_detector(detector_name)
     warm_up(detector)
     load_s = time.perf_counter() - started
     predict, spec = load_model(model_tag) if model_tag else (None, None)
@@ -300,10 +300,10 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def bench_pool(path: Path, size: int, concurrent: int) -> dict[str, Any]:
+async def bench_pool(path: Path, size: int, concurrent: int, detector: str) -> dict[str, Any]:
     request = VideoRequest(frames=SAMPLES)
     started = time.perf_counter()
-    async with VideoWorkerPool(size) as pool:
+    async with VideoWorkerPool(size, detector=detector) as pool:
         start_s = time.perf_counter() - started
         alone = []
         for _ in range(ROUNDS):
@@ -333,7 +333,7 @@ async def bench_pool(path: Path, size: int, concurrent: int) -> dict[str, Any]:
         f"{concurrent}_clips_frames_per_s": round(concurrent * SAMPLES / total, 1),
         "worker_rss_mb": memory,
     }
-    print(f"\n== pool of {size}, MTCNN")
+    print(f"\n== pool of {size}, {detector}")
     for key, value in result.items():
         print(f"  {key:28s} {value}")
     return result
@@ -351,6 +351,7 @@ def main() -> None:
         default=None,
         help="a model in the BentoML store, or 'default' (built here): times it too",
     )
+    parser.add_argument("--detector", default="blazeface", choices=("blazeface", "mtcnn"))
     parser.add_argument("--pool-size", type=int, default=2)
     parser.add_argument("--concurrent", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="decode: runs of each variant")
@@ -363,9 +364,9 @@ def main() -> None:
     if "decode" in args.parts:
         report["decode"] = bench_decode(clips, args.rounds)
     if "pipeline" in args.parts:
-        report["pipeline"] = bench_pipeline(clips[2.0], args.model_tag)
+        report["pipeline"] = bench_pipeline(clips[2.0], args.model_tag, args.detector)
     if "pool" in args.parts:
-        report["pool"] = asyncio.run(bench_pool(clips[2.0], args.pool_size, args.concurrent))
+        report["pool"] = asyncio.run(bench_pool(clips[2.0], args.pool_size, args.concurrent, args.detector))
     out = args.json or RESULTS / f"video-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
