@@ -68,7 +68,6 @@ def train_run(
         )
     if protocol != "split":
         raise ValueError(f"unknown protocol {protocol!r}: 'split' or 'oof'")
-    import keras
 
     config = config or TrainConfig()
     augment_config = augment_config or AugmentConfig()
@@ -78,25 +77,9 @@ def train_run(
     crops = read_manifest(prepared)
     _check_splits(crops)
 
-    started = time.perf_counter()
-    keras.utils.set_random_seed(config.seed)
-    model = add_head(backbone(), seed=config.seed)
-    timings["build_model_s"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    copies = copies_per_crop(crops, target=config.copies_target, max_copies=config.max_copies)
-    features = extract_features(
-        sub_models(model)["features"],
-        crops,
-        prepared,
-        copies,
-        seed=config.seed,
-        augment_config=augment_config,
-        cache=feature_cache,
-        fingerprint=fingerprint,
-        log=log,
+    model, features = model_and_features(
+        prepared, crops, config, backbone, augment_config, feature_cache, fingerprint, log, timings
     )
-    timings["features_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
     experiment = run_experiment(Trainer(model, config, log=log), crops, features, loso=loso, log=log)
@@ -130,6 +113,43 @@ def train_run(
     recipe["metrics"] = metrics_for_metadata(report["evaluations"][0], experiment)
     (out / "recipe.json").write_text(json.dumps(clean_json(recipe), indent=1) + "\n")
     return recipe
+
+
+def model_and_features(
+    prepared: Path,
+    crops: list[Crop],
+    config: TrainConfig,
+    backbone: Callable[[], Any],
+    augment_config: AugmentConfig,
+    feature_cache: Path | None,
+    fingerprint: str,
+    log: Callable[[str], None],
+    timings: dict[str, float],
+) -> tuple[Any, Any]:
+    """The untrained classifier (seeded) and the cached backbone activations of every crop and
+    its augmented copies: what both protocols train on."""
+    import keras
+
+    started = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    model = add_head(backbone(), seed=config.seed)
+    timings["build_model_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    copies = copies_per_crop(crops, target=config.copies_target, max_copies=config.max_copies)
+    features = extract_features(
+        sub_models(model)["features"],
+        crops,
+        prepared,
+        copies,
+        seed=config.seed,
+        augment_config=augment_config,
+        cache=feature_cache,
+        fingerprint=fingerprint,
+        log=log,
+    )
+    timings["features_s"] = time.perf_counter() - started
+    return model, features
 
 
 def write_test_report(
@@ -282,7 +302,6 @@ def train_run_oof(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The "oof" protocol (see `training.oof`); writes the same files as the split protocol."""
-    import keras
 
     from training.oof import run_oof_experiment
     from training.probe import row_features, run_probe
@@ -296,25 +315,9 @@ def train_run_oof(
     crops = read_manifest(prepared)
     detector = prepared_detector(prepared)
 
-    started = time.perf_counter()
-    keras.utils.set_random_seed(config.seed)
-    model = add_head(backbone(), seed=config.seed)
-    timings["build_model_s"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    copies = copies_per_crop(crops, target=config.copies_target, max_copies=config.max_copies)
-    features = extract_features(
-        sub_models(model)["features"],
-        crops,
-        prepared,
-        copies,
-        seed=config.seed,
-        augment_config=augment_config,
-        cache=feature_cache,
-        fingerprint=fingerprint,
-        log=log,
+    model, features = model_and_features(
+        prepared, crops, config, backbone, augment_config, feature_cache, fingerprint, log, timings
     )
-    timings["features_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
     trivial = row_features(
