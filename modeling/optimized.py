@@ -24,9 +24,10 @@ at most `MAX_P_FAKE_CHANGE`, no fixture's label (P(fake) >= threshold) flips, an
 run and give probabilities (an int8 per-image normalisation can divide by a zero point).
 
 The calibration set (`models/default/calibration/`): face crops from the default model's
-training data, `calibration/` from the training split (int8 ranges), `evaluation/` from the
-validation and test splits (the gate). `build_calibration_set` remakes it from a prepared
-training folder (`python -m training prepare`: crops + manifest.jsonl) or any folder of crops.
+training data, `calibration/` for the int8 ranges and `evaluation/` for the gate, never the same
+crop in both (a split's train and val/test parts, or identity folds 1-4 and fold 0).
+`build_calibration_set` remakes it from a prepared training folder (`python -m training
+prepare`: crops + manifest.jsonl) or any folder of crops.
 """
 
 from __future__ import annotations
@@ -252,8 +253,10 @@ def build_calibration_set(
     two folder levels), in a seeded order: the same source gives the same files."""
     source, out = Path(source), Path(out)
     pools = _pools(source)
-    picked = {"calibration": _balanced(pools["train"], calibration, seed), "evaluation": []}
-    picked["evaluation"] = _balanced(pools["held_out"], evaluation, seed)
+    picked = {
+        "calibration": _balanced(pools["train"], calibration, seed),
+        "evaluation": _balanced(pools["held_out"], evaluation, seed),
+    }
     if (out / "calibration").exists() or (out / "evaluation").exists():
         for old in image_files(out):
             old.unlink()
@@ -285,8 +288,7 @@ def _pools(source: Path) -> dict[str, list[dict[str, str]]]:
         rows = [{key: str(row.get(key, "")) for key in keep} for row in rows]
         # identity folds and no split (the out-of-fold protocol): fold 0 is the evaluation part
         folds = not any(row["split"] in ("val", "test") for row in rows)
-        held = [row for row in rows if (row["fold"] == "0" if folds else row["split"] in ("val", "test"))]
-        return {"train": [row for row in rows if row not in held], "held_out": held}
+        return _partition(rows, lambda row: row["fold"] == "0" if folds else row["split"] in ("val", "test"))
     rows = []
     for path in image_files(source):
         parts = path.relative_to(source).parts
@@ -296,8 +298,17 @@ def _pools(source: Path) -> dict[str, list[dict[str, str]]]:
     if not rows:
         raise ValueError(f"{source}: no images")
     # a fifth held out for evaluation, by a hash of the path (stable across machines)
-    held = [row for row in rows if int(hashlib.sha256(row["path"].encode()).hexdigest(), 16) % 5 == 0]
-    return {"train": [row for row in rows if row not in held], "held_out": held}
+    return _partition(rows, lambda row: int(hashlib.sha256(row["path"].encode()).hexdigest(), 16) % 5 == 0)
+
+
+def _partition(
+    rows: list[dict[str, str]], held: Callable[[dict[str, str]], bool]
+) -> dict[str, list[dict[str, str]]]:
+    """Rows into the calibration pool ("train") and the evaluation pool ("held_out"), in order."""
+    pools: dict[str, list[dict[str, str]]] = {"train": [], "held_out": []}
+    for row in rows:
+        pools["held_out" if held(row) else "train"].append(row)
+    return pools
 
 
 def _balanced(rows: list[dict[str, str]], count: int, seed: int) -> list[dict[str, str]]:

@@ -61,9 +61,13 @@ def default_model() -> tuple[Any, ModelSpec]:
     return build_default_classifier(), ModelSpec(threshold=read_recipe()["threshold"])
 
 
+def fixture_crops(pattern: str = "*.png") -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(FIXTURES.glob(pattern))])
+
+
 @pytest.fixture(scope="module")
 def crops() -> np.ndarray:
-    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(FIXTURES.glob("*.png"))])
+    return fixture_crops()
 
 
 def pixel_maps(explainer: Explainer, maps: np.ndarray) -> np.ndarray:
@@ -280,9 +284,7 @@ def test_default_layer_hottest_patches_carry_the_fake_evidence(default_model: tu
     random patches does (blurring anything tends to raise it: the masking's own effect)."""
     from modeling.inference import Classifier
 
-    crops = np.stack(
-        [np.asarray(Image.open(p).convert("RGB")) for p in sorted(FIXTURES.glob("*_fake_*.png"))]
-    )
+    crops = fixture_crops("*_fake_*.png")
     assert len(crops) >= 4
     model, spec = default_model
     classifier = Classifier.from_keras(model, spec)
