@@ -26,10 +26,10 @@ from starlette.responses import JSONResponse, Response
 
 from modeling.spec import DETECTOR_FILES_NAME, ModelSpec
 from preprocessing.errors import InputError
-from serving.access import AccessMiddleware
-from serving.bentoml_adapter import use_greedy_batching
+from serving.access import CLIENT_KEY, AccessMiddleware, ClientAddress, FixedWindowLimiter, parse_rate_limits
+from serving.bentoml_adapter import use_greedy_batching, use_header_timeout
 from serving.edge import ClientRoutePolicy, EdgeMiddleware, RequestIdMiddleware
-from serving.errors import ModelUnavailable, NotFound, Overloaded
+from serving.errors import ModelUnavailable, NotFound, Overloaded, QuotaExceeded
 from serving.multipart import FormPolicy, Upload, parse_bool, parse_number, read_form
 from serving.observability import configure_logging, metrics
 from serving.pipeline import DetectionPipeline, FaceSettings
@@ -66,6 +66,7 @@ SETTINGS = get_settings()
 configure_logging(SETTINGS.log_format)
 if SETTINGS.batch_policy == "greedy":
     use_greedy_batching()
+use_header_timeout(SETTINGS.header_timeout_s)
 
 # Only these are retried once: the inter-service connection dropped, not a model fault.
 RETRYABLE = (ConnectionError, TimeoutError, aiohttp.ClientConnectionError)
@@ -103,9 +104,11 @@ class FaceClassifier:
         self.classifier: Classifier | None = None
         self.explainer: Any = None  # built by the first heatmap asked for (a traced gradient pass)
         self.last_call = time.monotonic()
-        try:
-            self.classifier = Classifier.load(Path(self.model_ref.path), self.spec)  # loads and warms up
-        except Exception as exc:  # noqa: BLE001 - reported by health, not a crash loop
+        try:  # loads and warms up
+            self.classifier = Classifier.load(
+                Path(self.model_ref.path), self.spec, trust_code=SETTINGS.trust_model_code
+            )
+        except Exception as exc:  # noqa: BLE001 - reported by health (generically), not a crash loop
             self.error = f"model {self.model_ref.tag} failed to load: {type(exc).__name__}: {exc}"
             logger.error(self.error)
 
@@ -163,7 +166,7 @@ class FaceClassifier:
     def describe(self) -> ModelDescription:
         if self.classifier is None:
             raise bentoml.exceptions.InternalServerError(self.error or "model not loaded")
-        return ModelDescription(**self.classifier.describe(), path=str(self.model_ref.path))
+        return ModelDescription(**self.classifier.describe(), path=str(self.model_ref.tag))  # no paths
 
 
 @bentoml.service(
@@ -216,23 +219,32 @@ class DeepfakeDetector:
         }
 
     def _init_video(self) -> None:
-        from serving.jobs import JobStore
+        from serving.jobs import DiskJobStore
         from serving.video_pipeline import VideoPipeline
         from serving.video_worker import VideoWorkerPool
 
-        # The decoder processes start with the first video (a server that sees none keeps the memory).
-        self.videos = VideoPipeline(
-            self.spec, str(self.model_ref.tag), self._predict,
-            VideoWorkerPool(
-                SETTINGS.video_concurrency,
-                detector=self.detector_name if SETTINGS.face_detection else None,
-                detector_options=self._detector_options(),
-            ),
-            SETTINGS.video_limits, timeout_s=SETTINGS.video_timeout_s, max_faces=SETTINGS.max_faces,
-            default_frames=SETTINGS.video_frames, explain=self._explain,
-        )  # fmt: skip
+        def pipeline(concurrency: int, timeout_s: float) -> VideoPipeline:
+            return VideoPipeline(
+                self.spec, str(self.model_ref.tag), self._predict,
+                VideoWorkerPool(
+                    concurrency,
+                    detector=self.detector_name if SETTINGS.face_detection else None,
+                    detector_options=self._detector_options(),
+                ),
+                SETTINGS.video_limits, timeout_s=timeout_s, max_faces=SETTINGS.max_faces,
+                default_frames=SETTINGS.video_frames, explain=self._explain,
+            )  # fmt: skip
+
+        # Decoder processes of their own for the synchronous route and for the jobs, so that
+        # neither can starve the other; each pool starts with its first video.
+        self.videos = pipeline(SETTINGS.video_concurrency, SETTINGS.video_timeout_s)
+        self.job_videos = pipeline(SETTINGS.job_concurrency, SETTINGS.job_timeout_s)
         jobs_dir = Path(SETTINGS.jobs_dir or Path(tempfile.gettempdir()) / "deepfake-video-jobs")
-        self.jobs = JobStore(jobs_dir, self._run_job, ttl_s=SETTINGS.job_ttl_s, max_jobs=SETTINGS.max_jobs)
+        self.jobs = DiskJobStore(
+            jobs_dir, self._run_job, ttl_s=SETTINGS.job_ttl_s, max_jobs=SETTINGS.max_jobs,
+            max_per_client=SETTINGS.max_jobs_per_client, max_queued_bytes=SETTINGS.jobs_max_bytes,
+            max_running=SETTINGS.job_concurrency,
+        )  # fmt: skip
 
     @bentoml.on_startup
     async def _start_jobs(self) -> None:
@@ -243,6 +255,7 @@ class DeepfakeDetector:
         self.pipeline.close()
         await self.jobs.close()
         await self.videos.close()
+        await self.job_videos.close()
 
     async def _predict(self, batch: np.ndarray) -> np.ndarray:
         return await self._model_call("predict", batch)
@@ -276,8 +289,7 @@ class DeepfakeDetector:
             return ModelStatus(ready=False, error=f"model service unreachable: {type(exc).__name__}")
 
     async def _health(self) -> HealthResponse:
-        status = await self._model_status()
-        return health_report(status.ready, status.error)
+        return health_report((await self._model_status()).ready)
 
     async def _model_info(self) -> ModelInfoResponse:
         try:
@@ -295,16 +307,19 @@ class DeepfakeDetector:
         return await run(upload.read(), require_face, explain)
 
     async def _video_form(self, request: Request) -> tuple[Upload, dict[str, Any]]:
+        """The upload and its fields, every combination checked before any work starts."""
+        from serving.video_pipeline import sampling
+
         upload = await read_form(request.headers.raw, request.receive, VIDEO_FORM)
         try:
             frames = parse_number("frames", upload.fields.get("frames"), int, 1, 100_000)
             fps = parse_number("fps", upload.fields.get("fps"), float, 0.001, 240)
             explain = parse_bool("explain", upload.fields.get("explain")) or False
+            # A request for more frames than the cap gets the cap (`video.frames_sampled` says so).
+            frames, fps = sampling(None if frames is None else int(frames), fps, SETTINGS.video_max_frames)
         except BaseException:
             upload.discard()
             raise
-        # A request for more frames than the cap gets the cap (`video.frames_sampled` says so).
-        frames = None if frames is None else min(int(frames), SETTINGS.video_max_frames)
         return upload, {"frames": frames, "fps": fps, "explain": explain}
 
     async def _detect_video(self, request: Request) -> VideoResponse:
@@ -316,17 +331,21 @@ class DeepfakeDetector:
             upload.discard()
 
     async def _run_job(self, path: Path, params: dict[str, Any], progress: Any) -> dict[str, Any]:
-        result = await self.videos.detect(path, **params, progress=progress, timeout_s=SETTINGS.job_timeout_s)
+        result = await self.job_videos.detect(path, **params, progress=progress)
         return result.model_dump(mode="json")
 
     async def _submit_job(self, request: Request) -> JobResponse:
-        from serving.jobs import JobStoreFull
+        from serving.jobs import JobQuotaExceeded, JobStoreFull, JobStoreUnavailable
 
-        upload, params = await self._video_form(request)
-        assert upload.path is not None
+        client = request.scope.get(CLIENT_KEY, "")
         try:
-            job_id = await self.jobs.submit(upload.path, params)
-        except JobStoreFull:
+            await self.jobs.admit(client)  # quota and room, before the upload is read
+            upload, params = await self._video_form(request)
+            assert upload.path is not None
+            job_id = await self.jobs.submit(upload.path, params, client=client)
+        except JobQuotaExceeded:
+            raise QuotaExceeded() from None
+        except (JobStoreFull, JobStoreUnavailable):
             raise Overloaded("Too many video jobs are queued or running; retry later") from None
         return await self._job(job_id)
 
@@ -334,8 +353,8 @@ class DeepfakeDetector:
         from serving.jobs import JobNotFound
 
         try:
-            status = self.jobs.status(job_id)
-            result = self.jobs.result(job_id) if status.state == "done" else None
+            status = await self.jobs.status(job_id)
+            result = await self.jobs.result(job_id) if status.state == "done" else None
         except JobNotFound:
             raise NotFound("No such video job (or its result has expired)") from None
 
@@ -472,11 +491,11 @@ class DeepfakeDetector:
 
     @bentoml.api(route="/detect_video")
     async def detect_video(
-        self, file: Path, frames: int | None = None, fps: float | None = None
+        self, file: Path, frames: int | None = None, fps: float | None = None, explain: bool = False
     ) -> VideoResponse:
         """Judge the faces of a short video, track by track (see the legacy route)."""
-        frames = None if frames is None else min(frames, SETTINGS.video_max_frames)
-        return await answer(self.videos.detect(file, frames, fps), "POST /detect_video")
+        work = self.videos.detect(file, frames, fps, explain=explain)  # frames capped, checked with fps
+        return await answer(work, "POST /detect_video")
 
     @bentoml.api(route="/health")
     async def health(self) -> HealthResponse:
@@ -497,7 +516,7 @@ CLIENT_ROUTES: dict[str, FormPolicy | None] = {
     "/model_info": None,
 }
 PROBES = ("/livez", "/healthz", "/readyz", "/metrics", "/schema.json")
-add_ui(http)  # the page for people at /ui/ (before the fallback, which must stay last)
+add_ui(http, SETTINGS.ui_api_origins)  # the page for people at /ui/ (before the fallback, which stays last)
 add_docs_and_fallback(
     http, [*((path, {"POST"}) for path in CLIENT_ROUTES), *((path, {"GET", "HEAD"}) for path in PROBES)]
 )
@@ -517,13 +536,16 @@ DeepfakeDetector.add_asgi_middleware(
     upload_timeout_s=SETTINGS.upload_timeout,
     request_timeout_s=SETTINGS.request_timeout_s,
 )
+GUARDED = ("/api/v1/detect/", "/api/v1/detect", "/api/v1/detect/augmented", "/api/v1/detect/augmented/",
+           "/detect", "/detect_augmented", *VIDEO_PATHS)  # fmt: skip
+limits, failures = parse_rate_limits(SETTINGS.rate_limits), parse_rate_limits(SETTINGS.key_failure_limits)
 DeepfakeDetector.add_asgi_middleware(
     AccessMiddleware,
-    guarded=("/api/v1/detect/", "/api/v1/detect", "/api/v1/detect/augmented", "/api/v1/detect/augmented/",
-             "/detect", "/detect_augmented", *VIDEO_PATHS),
+    guarded=lambda path: path in GUARDED or path.startswith("/api/v1/detect/video/jobs/"),
     api_key=SETTINGS.api_key.get_secret_value() if SETTINGS.api_key else None,
-    rate_limits=SETTINGS.rate_limits,
-    trust_forwarded_for=SETTINGS.trust_forwarded_for,
+    limiter=FixedWindowLimiter(limits, SETTINGS.rate_limit_clients) if limits else None,
+    key_failures=FixedWindowLimiter(failures, SETTINGS.rate_limit_clients) if failures else None,
+    client=ClientAddress(SETTINGS.trust_forwarded_for, SETTINGS.trusted_proxies),
     max_in_flight=SETTINGS.max_in_flight,
 )  # fmt: skip
 DeepfakeDetector.add_asgi_middleware(ClientRoutePolicy, routes=CLIENT_ROUTES)

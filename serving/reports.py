@@ -6,19 +6,24 @@ from modeling.spec import DECISION_POINT, ModelSpec
 from serving.errors import utc_timestamp
 from serving.schemas import HealthResponse, ModelDescription, ModelInfoResponse
 
+# What health says when the model cannot serve: why (an exception's text, a path) is in the
+# server log only.
+NOT_READY = "The model cannot serve; the server log says why"
 
-def health_report(ready: bool, error: str | None) -> HealthResponse:
+
+def health_report(ready: bool) -> HealthResponse:
     return HealthResponse(
         status="healthy" if ready else "unhealthy",
         model_loaded=ready,
         timestamp=utc_timestamp(),
-        error=error,
+        error=None if ready else NOT_READY,
         error_code=None if ready else "MODEL_UNAVAILABLE",
     )
 
 
 def model_info_report(spec: ModelSpec, tag: str, described: ModelDescription) -> ModelInfoResponse:
-    """`described` is what the loaded network says of itself (FaceClassifier.describe)."""
+    """`described` is what the loaded network says of itself (FaceClassifier.describe); its
+    `path` is the model's tag (the contract's `model_path` field), never a path on the server."""
     return ModelInfoResponse(
         tag=tag,
         input_shape=described.input_shape,
