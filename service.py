@@ -30,7 +30,8 @@ from serving.access import CLIENT_KEY, AccessMiddleware, ClientAddress, FixedWin
 from serving.bentoml_adapter import use_greedy_batching, use_header_timeout
 from serving.edge import ClientRoutePolicy, EdgeMiddleware, RequestIdMiddleware
 from serving.errors import ModelUnavailable, NotFound, Overloaded, QuotaExceeded
-from serving.multipart import FormPolicy, Upload, parse_bool, parse_number, read_form
+from serving.forms import FormKind, image_form, video_form
+from serving.multipart import Upload, read_form
 from serving.observability import configure_logging, metrics
 from serving.pipeline import DetectionPipeline, FaceSettings
 from serving.reports import health_report, model_info_report
@@ -73,15 +74,8 @@ RETRYABLE = (ConnectionError, TimeoutError, aiohttp.ClientConnectionError)
 # BentoML's own request timeout stays behind the edge's, so the edge's legacy 504 comes first.
 BACKSTOP_TIMEOUT_S = SETTINGS.request_timeout_s + 10
 http = make_app()
-IMAGE_FORM = FormPolicy(
-    max_file_bytes=SETTINGS.max_upload_bytes, fields=frozenset({"require_face", "explain"})
-)
-# Videos stream to a temp file as they arrive (the decoder process reads it from there).
-VIDEO_FORM = FormPolicy(
-    max_file_bytes=SETTINGS.video_max_bytes,
-    fields=frozenset({"frames", "fps", "explain"}),
-    spool_dir=Path(tempfile.gettempdir()),
-)
+IMAGE_FORM = image_form(SETTINGS.max_upload_bytes)
+VIDEO_FORM = video_form(SETTINGS.video_max_bytes, SETTINGS.video_max_frames, Path(tempfile.gettempdir()))
 VIDEO_PATHS = ("/api/v1/detect/video", "/api/v1/detect/video/jobs", "/detect_video")
 
 
@@ -300,27 +294,19 @@ class DeepfakeDetector:
         return model_info_report(self.spec, str(self.model_ref.tag), described)
 
     async def _from_form(self, request: Request, route: str) -> DetectResponse | AugmentedResponse:
-        upload = await read_form(request.headers.raw, request.receive, IMAGE_FORM)
-        require_face = parse_bool("require_face", upload.fields.get("require_face"))
-        explain = parse_bool("explain", upload.fields.get("explain")) or False
+        upload = await read_form(request.headers.raw, request.receive, IMAGE_FORM.policy)
+        fields = IMAGE_FORM.parse(upload.fields)
         run = self.pipeline.detect if route == "detect" else self.pipeline.detect_augmented
-        return await run(upload.read(), require_face, explain)
+        return await run(upload.read(), fields["require_face"], fields["explain"])
 
     async def _video_form(self, request: Request) -> tuple[Upload, dict[str, Any]]:
         """The upload and its fields, every combination checked before any work starts."""
-        from serving.video_pipeline import sampling
-
-        upload = await read_form(request.headers.raw, request.receive, VIDEO_FORM)
+        upload = await read_form(request.headers.raw, request.receive, VIDEO_FORM.policy)
         try:
-            frames = parse_number("frames", upload.fields.get("frames"), int, 1, 100_000)
-            fps = parse_number("fps", upload.fields.get("fps"), float, 0.001, 240)
-            explain = parse_bool("explain", upload.fields.get("explain")) or False
-            # A request for more frames than the cap gets the cap (`video.frames_sampled` says so).
-            frames, fps = sampling(None if frames is None else int(frames), fps, SETTINGS.video_max_frames)
+            return upload, VIDEO_FORM.parse(upload.fields)
         except BaseException:
             upload.discard()
             raise
-        return upload, {"frames": frames, "fps": fps, "explain": explain}
 
     async def _detect_video(self, request: Request) -> VideoResponse:
         upload, params = await self._video_form(request)
@@ -508,7 +494,7 @@ class DeepfakeDetector:
         return await answer(self._model_info(), "POST /model_info")
 
 
-CLIENT_ROUTES: dict[str, FormPolicy | None] = {
+CLIENT_ROUTES: dict[str, FormKind | None] = {
     "/detect": IMAGE_FORM,
     "/detect_augmented": IMAGE_FORM,
     "/detect_video": VIDEO_FORM,

@@ -35,7 +35,8 @@ from serving.errors import (
     send_error,
     unexpected,
 )
-from serving.multipart import FormPolicy, encode_form, read_empty_json, read_form
+from serving.forms import FormKind
+from serving.multipart import encode_form, read_empty_json, read_form
 from serving.observability import request_id_var
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,128}")
@@ -195,13 +196,15 @@ class EdgeMiddleware:
 
 class ClientRoutePolicy:
     """The Python client's routes (`@bentoml.api`, parsed by BentoML) under the same upload
-    policy as the legacy routes: the body is read and checked here first, and BentoML is handed
-    a clean copy (safe filename, declared fields only). `routes[path]` is the route's form
-    policy, or None for a route that takes no input (JSON `{}` or nothing)."""
+    policy as the legacy routes: the body is read and checked here first, its fields parsed and
+    checked as the legacy routes check them (serving/forms.py: BentoML's own validation of a
+    bad value was a 500), and BentoML is handed a clean copy (safe filename, declared fields
+    only, plain values). `routes[path]` is the route's form kind, or None for a route that takes
+    no input (JSON `{}` or nothing)."""
 
     BOUNDARY = "deepfake-edge-boundary-7f3a1c"
 
-    def __init__(self, app: ASGIApp, *, routes: dict[str, FormPolicy | None]) -> None:
+    def __init__(self, app: ASGIApp, *, routes: dict[str, FormKind | None]) -> None:
         self.app = app
         self.routes = routes
 
@@ -209,14 +212,15 @@ class ClientRoutePolicy:
         if scope["type"] != "http" or scope.get("method") != "POST" or scope["path"] not in self.routes:
             await self.app(scope, receive, send)
             return
-        policy = self.routes[scope["path"]]
+        kind = self.routes[scope["path"]]
         headers = scope.get("headers", [])
-        if policy is None:
+        if kind is None:
             await read_empty_json(headers, receive)
             body, content_type = b"{}", b"application/json"
         else:
-            upload = await read_form(headers, receive, policy)
+            upload = await read_form(headers, receive, kind.policy)
             try:
+                upload.fields = kind.encode(upload.fields)
                 body = encode_form(upload, self.BOUNDARY)
             finally:
                 upload.discard()

@@ -304,8 +304,8 @@ class Settings(BaseSettings):
     @field_validator("api_key")
     @classmethod
     def _check_key(cls, value: SecretStr | None) -> SecretStr | None:
-        # A header token: a key with spaces or control characters is a placeholder or a typo
-        # (deploy/k8s/secret.yaml's placeholder is refused here, so it cannot be served).
+        # A header token: a key with spaces or control characters is a typo (a file's trailing
+        # newline, a pasted placeholder), refused at start rather than never matching.
         if value is None or value.get_secret_value() == "":
             return None  # set but empty: no key, as before
         if not re.fullmatch(r"[\x21-\x7e]+", value.get_secret_value()):

@@ -29,11 +29,11 @@ import numpy as np
 
 from modeling.explain import crop_square, heatmap_png, unpack_maps
 from modeling.spec import DECISION_POINT, ModelSpec
-from preprocessing import errors
 from preprocessing.errors import InputError
 from preprocessing.faces import Face
 from preprocessing.video import VideoLimits
 from serving.errors import Overloaded, ServiceError
+from serving.forms import sampling
 from serving.observability import record_verdict
 from serving.pipeline import Explain, Predict
 from serving.schemas import Heatmap, TrackFrameResult, TrackResult, VideoResponse, VideoStats, VideoTimings
@@ -51,18 +51,6 @@ from serving.video_worker import (
 QUEUE_PER_WORKER = 2
 # Batches of frames (VideoRequest.detect_batch each) whose crops wait for the model at once.
 MAX_BATCHES_WITH_THE_MODEL = 2
-
-
-def sampling(frames: int | None, fps: float | None, max_frames: int) -> tuple[int | None, float | None]:
-    """A request's `frames` and `fps`, checked together (one or the other: 400 for both) and
-    `frames` capped at `max_frames` (`video.frames_sampled` says how many were taken)."""
-    if frames is not None and fps is not None:
-        raise errors.bad_request("Send 'frames' or 'fps', not both")
-    if frames is not None and frames < 1:
-        raise errors.bad_request("Form field 'frames' must be at least 1")
-    if fps is not None and not fps > 0:
-        raise errors.bad_request("Form field 'fps' must be more than 0")
-    return (None if frames is None else min(int(frames), max_frames)), fps
 
 
 class VideoDecodeFailed(ServiceError):
