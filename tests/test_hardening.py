@@ -365,3 +365,32 @@ def test_the_analysis_keeps_boxes_not_crops(loop: BackgroundLoop) -> None:
     assert len(analysis.frames) == 6 and all(not len(f.crops) and f.crop_count == 1 for f in analysis.frames)
     assert len(analysis.detections([0.5] * 6)) == 6
     assert json.dumps([f.time_s for f in analysis.frames])
+
+
+# -- the synchronous route and the jobs -------------------------------------------------------------
+
+
+def test_a_running_job_does_not_hold_the_synchronous_video_route(served_tag: str, tmp_path: Path) -> None:
+    """Jobs and the synchronous route shared one decoder process: a long job held every
+    synchronous video until it was done. Now each has its own: a short video is answered while
+    a long job is still running."""
+    from tests.videos import X264, scene_moving, write_video
+
+    n = 300  # 30 s at 10 fps: its 300 samples, faces found on each, take many seconds
+    long = write_video(tmp_path / "long.mp4", (scene_moving(i, n) for i in range(n)), options=X264)
+    env = {"DEEPFAKE_MODEL_TAG": served_tag, "DEEPFAKE_JOBS_DIR": str(tmp_path / "jobs")}
+    with service_app(env) as app:
+        job_id = app.post(
+            JOBS, files={"file": ("long.mp4", long.read_bytes())}, data={"frames": str(n)}
+        ).json()["job_id"]
+        deadline = time.monotonic() + 120
+        while (job := app.get(f"{JOBS}/{job_id}").json())["frames_done"] < 1:  # decoding now
+            assert job["state"] in ("queued", "running") and time.monotonic() < deadline, job
+            time.sleep(0.1)
+        short = app.post(
+            VIDEO, files={"file": ("v.mp4", clip("moving.mp4").read_bytes())}, data={"frames": "3"}
+        )
+        after = app.get(f"{JOBS}/{job_id}").json()
+        app.delete(f"{JOBS}/{job_id}")
+    assert short.status_code == 200, short.text
+    assert after["state"] == "running" and after["frames_done"] < n, after

@@ -19,6 +19,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -36,9 +37,10 @@ FACE = (FIXTURES / "astronaut.jpg").read_bytes()
 
 
 @pytest.fixture(scope="module")
-def hardened(served_tag: str) -> Iterator[ServerProcess]:
+def hardened(served_tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     env = {
         "DEEPFAKE_MODEL_TAG": served_tag,
+        "DEEPFAKE_JOBS_DIR": str(tmp_path_factory.mktemp("hardened-jobs")),
         "DEEPFAKE_API_KEY": KEY,
         "DEEPFAKE_RATE_LIMITS": f"{RATE}/hour",
         "DEEPFAKE_TRUST_FORWARDED_FOR": "true",  # DEEPFAKE_TRUSTED_PROXIES: loopback, the default
@@ -121,22 +123,26 @@ def test_clients_drip_feeding_their_bodies_do_not_take_the_slots_for_work(harden
             sock.close()
 
 
-def test_one_client_cannot_queue_every_job(hardened: ServerProcess) -> None:
-    video = {"file": ("v.mp4", clip("moving.mp4").read_bytes(), "video/mp4")}
+def test_one_client_cannot_queue_every_job(hardened: ServerProcess, tmp_path: Path) -> None:
+    """No per-client quota: one client could fill the job queue (100 jobs of up to 100 MiB)."""
+    from tests.videos import X264, scene_moving, write_video
 
-    def submit(client: str) -> httpx.Response:
-        return hardened.post(
-            JOBS, files=video, data={"frames": "30"}, headers={**AUTH, "X-Forwarded-For": client}
-        )
+    n = 300  # a job long enough to be running still when the second is sent
+    long = write_video(tmp_path / "long.mp4", (scene_moving(i, n) for i in range(n)), options=X264)
 
-    first = submit("198.51.100.11")
+    def submit(client: str, video: Path, frames: int) -> httpx.Response:
+        files = {"file": ("v.mp4", video.read_bytes(), "video/mp4")}
+        headers = {**AUTH, "X-Forwarded-For": client}
+        return hardened.post(JOBS, files=files, data={"frames": str(frames)}, headers=headers)
+
+    first = submit("198.51.100.11", long, n)
     assert first.status_code == 202, first.text
-    second = submit("198.51.100.11")
-    if second.status_code == 202:  # the first finished already: its slot is free again
-        pytest.skip("the first job finished before the second was sent")
-    assert (second.status_code, second.json()["error_code"]) == (429, "JOB_QUOTA_EXCEEDED")
+    second = submit("198.51.100.11", clip("moving.mp4"), 3)
+    assert (second.status_code, second.json()["error_code"]) == (429, "JOB_QUOTA_EXCEEDED"), second.text
     assert second.headers["retry-after"]
-    other = hardened.post(
-        JOBS, files=video, data={"frames": "3"}, headers={**AUTH, "X-Forwarded-For": "198.51.100.12"}
-    )
+    other = submit("198.51.100.12", clip("moving.mp4"), 3)  # another client is served
     assert other.status_code == 202, other.text
+    for job in (first, other):
+        hardened.delete(
+            f"{JOBS}/{job.json()['job_id']}", headers={**AUTH, "X-Forwarded-For": "198.51.100.13"}
+        )
