@@ -513,9 +513,9 @@ DeepfakeDetector.add_asgi_middleware(
 DeepfakeDetector.add_asgi_middleware(
     EdgeMiddleware,
     file_limit=lambda path: SETTINGS.video_max_bytes if path in VIDEO_PATHS else SETTINGS.max_upload_bytes,
-    drain_bytes=4 * SETTINGS.max_upload_bytes,
     upload_timeout_s=SETTINGS.upload_timeout,
     request_timeout_s=SETTINGS.request_timeout_s,
+    drain_timeout_s=SETTINGS.drain_timeout_s,
 )
 DeepfakeDetector.add_asgi_middleware(
     AccessMiddleware,

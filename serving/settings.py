@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         description="an upload not complete by then answers `408 REQUEST_TIMEOUT` (unset: half "
         "the request timeout)",
     )
+    drain_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="an answer given before the upload was read (413, 401, 429, ...) first reads and "
+        "drops the rest of it for up to this long (as nginx's lingering_time), so that every client "
+        "reads the answer",
+    )
     api_workers: int = Field(1, gt=0, le=64, description="worker processes of the public service")
     face_detection: bool = Field(True, description="find faces first; `false` judges the whole image")
     require_face: bool = Field(
