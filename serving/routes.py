@@ -62,7 +62,7 @@ ERROR_STATUSES: dict[int, str] = {
     408: "The upload did not complete in time",
     413: "Upload over the byte limit, or image over the pixel limit",
     415: "Not an image in a supported format",
-    422: "No face found and require_face was asked for",
+    422: "No face found in a photo (NO_FACE: by default on /api/v1/detect*; see require_face)",
     429: "Rate limited (only when DEEPFAKE_RATE_LIMITS is set); see Retry-After",
     500: "A fault of the server's own",
     503: "At capacity (SERVICE_OVERLOADED) or the model cannot serve (MODEL_UNAVAILABLE); see Retry-After",
@@ -96,7 +96,9 @@ FRAMES = {"type": "integer", "description": "frames sampled, evenly spaced (defa
 FPS = {"type": "number", "description": "frames sampled per second, instead of `frames`"}
 REQUIRE_FACE = {
     "type": "boolean",
-    "description": "true: no face is a 422 NO_FACE; false: an answer that says so; default: the setting",
+    "description": "true: a photo with no face is a 422 NO_FACE; false: a 200 with verdict no_face; "
+    "default: DEEPFAKE_REQUIRE_FACE, else 422 on the /api/v1/detect routes and 200 on /detect, "
+    "/detect_augmented",
 }
 
 
