@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from preprocessing.augment import VARIANTS
 from tests.helpers import FIXTURES
 
 EXPECTED = json.loads((FIXTURES / "faces.json").read_text())
@@ -122,13 +123,14 @@ def test_require_face_setting_sets_every_route_and_a_request_overrides_it(
 
 def test_augmented_votes_per_face(app: TestClient) -> None:
     body = _post(app, "faceapi_sample4.jpg", "/api/v1/detect/augmented")
-    assert body["face_detected"] is True and len(body["faces"]) == 4
-    assert len(body["original_prediction"]["faces"]) == 4
+    assert body["face_detected"] is True and len(body["faces"]) == FOUND["faceapi_sample4.jpg"]
+    assert len(body["original_prediction"]["faces"]) == FOUND["faceapi_sample4.jpg"]
     deciding = max(body["faces"], key=lambda f: f["fake_probability"])
     assert body["consensus"] == deciding["prediction"]
     assert body["consensus_prediction"] == deciding["prediction"].upper()  # the old casing
     assert body["average_confidence"] == pytest.approx(deciding["confidence"])
-    assert body["debug_info"]["total_predictions"] == 7 and len(body["augmented_predictions"]) == 6
+    assert body["debug_info"]["total_predictions"] == len(VARIANTS)
+    assert len(body["augmented_predictions"]) == len(VARIANTS) - 1  # all but the original
 
 
 def _crop_upload(app: TestClient, size: tuple[int, int]) -> dict:
