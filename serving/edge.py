@@ -80,11 +80,14 @@ class _Body:
     received: int = 0
     done: bool = False
     asked: bool = False  # the app asked for the body (uvicorn then sends `100 Continue`)
+    timed_out: bool = False  # the client did not send it in time (408): nothing to wait for
 
 
 # What nginx calls lingering: an answer given before the body was read keeps reading and dropping
-# the body for at most `drain_timeout_s` (nginx's lingering_time is 30 s), at most this many
+# the body for at most `drain_timeout_s` (nginx's lingering_time is 30 s), and stops when the
+# client sends nothing for DRAIN_IDLE_S (nginx's lingering_timeout is 5 s), at most MAX_DRAINS
 # requests at a time per worker; past that, the answer goes out at once and the connection closes.
+DRAIN_IDLE_S = 5.0
 MAX_DRAINS = 32
 
 
@@ -97,8 +100,9 @@ class EdgeMiddleware:
     - An answer that starts before the client finished sending (413, 401, 429, a malformed
       form, ...) is an early answer: its head goes out at once, with `Connection: close`; then
       the rest of the body is read and dropped, for up to `drain_timeout_s` (a time bound, not
-      a byte bound: a slow or large upload is read as long as it keeps coming, as nginx's
-      lingering_time); then its body goes out and the connection closes. A client that writes
+      a byte bound: a large upload is read as long as it keeps coming, as nginx's
+      lingering_time and lingering_timeout); then its body goes out and the connection closes.
+      A 408 (the upload did not arrive in time) is not drained. A client that writes
       its whole body before reading (Python's http.client) so reads the answer instead of a reset
       connection, and so does Chromium ("Failed to fetch" otherwise); curl stops sending when
       it sees the head. At most `max_drains` requests drain at a time; past that the answer
@@ -154,6 +158,7 @@ class EdgeMiddleware:
             try:
                 message = await asyncio.wait_for(receive(), max(body.deadline - loop.time(), 0.001))
             except TimeoutError:
+                body.timed_out = True
                 raise UploadTimeout(self.upload_timeout_s) from None
             if message["type"] == "http.request":
                 body.received += len(message.get("body", b""))
@@ -211,16 +216,17 @@ class EdgeMiddleware:
     async def _drain(
         self, receive: Receive, body: _Body, waits_for_continue: bool, loop: asyncio.AbstractEventLoop
     ) -> None:
-        """Read and drop the rest of the body, for at most `drain_timeout_s`. Not for a client
-        still waiting for `100 Continue` (it sends no body now), nor past `max_drains`."""
-        if body.done or waits_for_continue or self.draining >= self.max_drains:
+        """Read and drop the rest of the body, for at most `drain_timeout_s`, while it keeps
+        coming (DRAIN_IDLE_S). Not for a client still waiting for `100 Continue` (it sends no
+        body now), nor one that did not send it in time (its 408), nor past `max_drains`."""
+        if body.done or body.timed_out or waits_for_continue or self.draining >= self.max_drains:
             return
         self.draining += 1
         try:
             deadline = loop.time() + self.drain_timeout_s
             while not body.done:
                 try:
-                    message = await asyncio.wait_for(receive(), deadline - loop.time())
+                    message = await asyncio.wait_for(receive(), min(deadline - loop.time(), DRAIN_IDLE_S))
                 except TimeoutError:
                     return
                 if message["type"] != "http.request":

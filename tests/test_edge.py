@@ -148,6 +148,33 @@ def test_the_drain_is_bounded_in_time_not_in_bytes() -> None:
     assert [m["type"] for m in stalled.sent] == ["http.response.start", "http.response.body"]
 
 
+def test_a_drain_stops_when_the_client_stops_sending_and_a_408_is_not_drained(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The drain gives up on a client that sends nothing more for DRAIN_IDLE_S (as nginx's
+    lingering_timeout), long before drain_timeout_s; an upload that did not arrive in time
+    (408) gets its answer at once: there is no body coming to wait for."""
+    import serving.edge
+
+    monkeypatch.setattr(serving.edge, "DRAIN_IDLE_S", 0.2)
+    stalled = FakeClient([b"a" * 1000], stalls=True)
+    started = time.monotonic()
+    asyncio.run(edge(refuse, drain_timeout_s=30)(stalled.scope(), stalled.receive, stalled.send))  # type: ignore[arg-type]
+    assert time.monotonic() - started < 5.0 and stalled.sent[-1]["type"] == "http.response.body"
+
+    async def read_body(scope: dict, receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+
+    slow = FakeClient([b"a" * 1000] * 3, gap_s=1.0)  # each piece later than the upload deadline
+    started = time.monotonic()
+    middleware = edge(read_body, upload_timeout_s=0.3, drain_timeout_s=30)
+    asyncio.run(middleware(slow.scope(), slow.receive, slow.send))  # type: ignore[arg-type]
+    start, body = slow.sent
+    assert start["status"] == 408 and b'"REQUEST_TIMEOUT"' in body["body"]
+    assert time.monotonic() - started < 5.0 and slow.received == 0
+
+
 @pytest.mark.parametrize(("size", "status"), [(200_000, 413), (5_000, 401)], ids=["over-the-cap", "refused"])
 def test_a_client_waiting_for_100_continue_gets_the_answer_instead(size: int, status: int) -> None:
     """Expect: 100-continue, answered before the body was asked for (a Content-Length over the
