@@ -289,10 +289,11 @@ class DeepfakeDetector:
 
     async def _from_form(self, request: Request, route: str) -> DetectResponse | AugmentedResponse:
         upload = await read_form(request.headers.raw, request.receive, IMAGE_FORM)
-        require_face = parse_bool("require_face", upload.fields.get("require_face"))
+        asked = parse_bool("require_face", upload.fields.get("require_face"))
         explain = parse_bool("explain", upload.fields.get("explain")) or False
         run = self.pipeline.detect if route == "detect" else self.pipeline.detect_augmented
-        return await run(upload.read(), require_face, explain)
+        # The legacy routes: no face is a 422 unless asked or set otherwise (FaceSettings.required).
+        return await run(upload.read(), self.pipeline.faces.required(asked, legacy=True), explain)
 
     async def _video_form(self, request: Request) -> tuple[Upload, dict[str, Any]]:
         upload = await read_form(request.headers.raw, request.receive, VIDEO_FORM)
@@ -513,9 +514,9 @@ DeepfakeDetector.add_asgi_middleware(
 DeepfakeDetector.add_asgi_middleware(
     EdgeMiddleware,
     file_limit=lambda path: SETTINGS.video_max_bytes if path in VIDEO_PATHS else SETTINGS.max_upload_bytes,
-    drain_bytes=4 * SETTINGS.max_upload_bytes,
     upload_timeout_s=SETTINGS.upload_timeout,
     request_timeout_s=SETTINGS.request_timeout_s,
+    drain_timeout_s=SETTINGS.drain_timeout_s,
 )
 DeepfakeDetector.add_asgi_middleware(
     AccessMiddleware,

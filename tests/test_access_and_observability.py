@@ -133,7 +133,7 @@ def test_requests_past_the_in_flight_cap_get_503_with_retry_after() -> None:
 
     access = AccessMiddleware(slow_app, guarded=("/d",), api_key=None, rate_limits="", max_in_flight=2)
     middleware = EdgeMiddleware(
-        access, file_limit=lambda path: 1024, drain_bytes=1024, upload_timeout_s=5, request_timeout_s=5
+        access, file_limit=lambda path: 1024, upload_timeout_s=5, request_timeout_s=5, drain_timeout_s=5
     )
 
     async def call() -> tuple[int, dict]:
