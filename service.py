@@ -297,7 +297,9 @@ class DeepfakeDetector:
         upload = await read_form(request.headers.raw, request.receive, IMAGE_FORM.policy)
         fields = IMAGE_FORM.parse(upload.fields)
         run = self.pipeline.detect if route == "detect" else self.pipeline.detect_augmented
-        return await run(upload.read(), fields["require_face"], fields["explain"])
+        # The legacy routes: no face is a 422 unless asked or set otherwise (FaceSettings.required).
+        required = self.pipeline.faces.required(fields["require_face"], legacy=True)
+        return await run(upload.read(), required, fields["explain"])
 
     async def _video_form(self, request: Request) -> tuple[Upload, dict[str, Any]]:
         """The upload and its fields, every combination checked before any work starts."""
@@ -518,9 +520,9 @@ DeepfakeDetector.add_asgi_middleware(
 DeepfakeDetector.add_asgi_middleware(
     EdgeMiddleware,
     file_limit=lambda path: SETTINGS.video_max_bytes if path in VIDEO_PATHS else SETTINGS.max_upload_bytes,
-    drain_bytes=4 * SETTINGS.max_upload_bytes,
     upload_timeout_s=SETTINGS.upload_timeout,
     request_timeout_s=SETTINGS.request_timeout_s,
+    drain_timeout_s=SETTINGS.drain_timeout_s,
 )
 GUARDED = ("/api/v1/detect/", "/api/v1/detect", "/api/v1/detect/augmented", "/api/v1/detect/augmented/",
            "/detect", "/detect_augmented", *VIDEO_PATHS)  # fmt: skip

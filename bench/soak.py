@@ -191,6 +191,8 @@ def build_form(kind: Kind, nonce: int) -> aiohttp.FormData:
     else:
         # A unique filename per request: nothing server-side may key on it.
         form.add_field("file", kind.data, filename=f"{nonce}-{kind.filename}", content_type=kind.content_type)
+        # A photo with no face answers 200 (no_face), not the legacy routes' default 422.
+        form.add_field("require_face", "false")
     return form
 
 

@@ -51,5 +51,14 @@ def invalid_image(reason: str) -> InputError:
     return InputError(400, "INVALID_IMAGE", f"The image cannot be decoded: {reason}")
 
 
-def no_face() -> InputError:
-    return InputError(422, "NO_FACE", "No face was found in the image")
+def no_face(crop_side: int) -> InputError:
+    """A photo in which no face was found, answered without a verdict. `error` says what to do."""
+    return InputError(
+        422,
+        "NO_FACE",
+        "No face was found in the image, so it was not judged: crop the face (a square around it) "
+        "and send the crop",
+        f"An upload at most {crop_side} px on its longer side and about square is judged as a face "
+        "crop, as it is; a larger one is a photo, judged by the faces found in it. Send the form "
+        "field require_face=false for an answer that says no face was found instead of this error.",
+    )

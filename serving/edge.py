@@ -3,8 +3,8 @@ with BentoML's public `add_asgi_middleware` (outermost first):
 
     RequestIdMiddleware   X-Request-ID on every answer (the client's own, or a new one)
     CORSMiddleware        Starlette's, so that every answer below it carries the CORS headers
-    EdgeMiddleware        body caps (413, drained first so that browsers read it), upload
-                          deadline (408), request deadline (504), errors -> legacy body
+    EdgeMiddleware        body caps (413, the body drained so that every client reads it),
+                          upload deadline (408), request deadline (504), errors -> legacy body
     AccessMiddleware      API key, rate limit, in-flight cap (serving/access.py)
     ClientRoutePolicy     the upload policy for the Python client's routes, checked before
                           BentoML parses them
@@ -80,6 +80,16 @@ class _Body:
     deadline: float
     received: int = 0
     done: bool = False
+    asked: bool = False  # the app asked for the body (uvicorn then sends `100 Continue`)
+    timed_out: bool = False  # the client did not send it in time (408): nothing to wait for
+
+
+# What nginx calls lingering: an answer given before the body was read keeps reading and dropping
+# the body for at most `drain_timeout_s` (nginx's lingering_time is 30 s), and stops when the
+# client sends nothing for DRAIN_IDLE_S (nginx's lingering_timeout is 5 s), at most MAX_DRAINS
+# requests at a time per worker; past that, the answer goes out at once and the connection closes.
+DRAIN_IDLE_S = 5.0
+MAX_DRAINS = 32
 
 
 class EdgeMiddleware:
@@ -88,9 +98,19 @@ class EdgeMiddleware:
     - The body is capped per route: `file_limit(path)`, the largest file the route takes, plus
       room for the multipart envelope. A declared Content-Length over it is answered 413 at
       once, a streamed body when it passes the cap.
-    - Any answer that starts before the client finished sending (413, 401, 429, ...) first
-      reads and drops the rest of the body, up to `drain_bytes`, so that the client reads the
-      answer instead of a reset connection (Chromium reports a reset as "Failed to fetch").
+    - An answer that starts before the client finished sending (413, 401, 429, a malformed
+      form, ...) is an early answer: its head goes out at once, with `Connection: close`; then
+      the rest of the body is read and dropped, for up to `drain_timeout_s` (a time bound, not
+      a byte bound: a large upload is read as long as it keeps coming, as nginx's
+      lingering_time and lingering_timeout); then its body goes out and the connection closes.
+      A 408 (the upload did not arrive in time) is not drained. A client that writes
+      its whole body before reading (Python's http.client) so reads the answer instead of a reset
+      connection, and so does Chromium ("Failed to fetch" otherwise); curl stops sending when
+      it sees the head. At most `max_drains` requests drain at a time; past that the answer
+      goes out at once. The drain runs after the routes are done with the request, so that it
+      is never counted as work in flight (serving/access.py).
+    - A request that waits for `100 Continue` (`Expect: 100-continue`) and is answered before
+      it was asked for its body gets the answer instead: its body never travels.
     - An upload not complete after `upload_timeout_s` answers 408; a request not answered after
       `request_timeout_s` answers 504, both in the legacy shape.
     - An InputError or ServiceError raised inside (by the middlewares below, or by a body read)
@@ -102,16 +122,19 @@ class EdgeMiddleware:
         app: ASGIApp,
         *,
         file_limit: Callable[[str], int],
-        drain_bytes: int,
         upload_timeout_s: float,
         request_timeout_s: float,
+        drain_timeout_s: float,
+        max_drains: int = MAX_DRAINS,
         untimed: tuple[str, ...] = ("/metrics",),
     ) -> None:
         self.app = app
         self.file_limit = file_limit
-        self.drain_bytes = drain_bytes
         self.upload_timeout_s = upload_timeout_s
         self.request_timeout_s = request_timeout_s
+        self.drain_timeout_s = drain_timeout_s
+        self.max_drains = max_drains
+        self.draining = 0  # requests draining now (this worker's event loop only)
         self.untimed = untimed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -125,14 +148,18 @@ class EdgeMiddleware:
         file_limit = self.file_limit(scope["path"])
         body = _Body(file_limit + ENVELOPE_BYTES, loop.time() + self.upload_timeout_s)
         body.done = not chunked and declared in (b"", b"0")
+        waits_for_continue = headers.get(b"expect", b"").lower() == b"100-continue"
         started = False
+        held: list[Message] | None = None  # an early answer's body, sent after the drain
 
         async def capped_receive() -> Message:
+            body.asked = True
             if body.done:
                 return await receive()  # past the body: only a disconnect is left to wait for
             try:
                 message = await asyncio.wait_for(receive(), max(body.deadline - loop.time(), 0.001))
             except TimeoutError:
+                body.timed_out = True
                 raise UploadTimeout(self.upload_timeout_s) from None
             if message["type"] == "http.request":
                 body.received += len(message.get("body", b""))
@@ -141,20 +168,31 @@ class EdgeMiddleware:
                     raise errors.file_too_large(file_limit)
             return message
 
-        async def drained_send(message: Message) -> None:
-            nonlocal started
+        async def edge_send(message: Message) -> None:
+            nonlocal started, held
             if message["type"] == "http.response.start":
                 started = True
-                left = int(declared) - body.received if declared.isdigit() else 0
-                if not body.done and (left > self.drain_bytes or not await self._drain(receive, body, loop)):
-                    # Could not read it all: say so, and let the server close the connection.
+                if not body.done:  # an early answer: its head now, its body after the drain
+                    held = []
                     message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            elif held is not None:
+                held.append(message)
+                return
             await send(message)
 
         if declared.isdigit() and int(declared) > body.limit:
-            await send_error(drained_send, errors.file_too_large(file_limit), _where(scope))
-            return
-        task = asyncio.ensure_future(self.app(scope, capped_receive, drained_send))
+            await send_error(edge_send, errors.file_too_large(file_limit), _where(scope))
+        else:
+            await self._respond(scope, capped_receive, edge_send, lambda: started)
+        if held is not None:  # the routes are done with the request: drain, then the answer's body
+            early, held = held, None
+            await self._drain(receive, body, waits_for_continue and not body.asked, loop)
+            for message in early:
+                await send(message)
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send, started: Callable[[], bool]) -> None:
+        """The app's answer under the request deadline, or the legacy answer of its error."""
+        task = asyncio.ensure_future(self.app(scope, receive, send))
         timeout = None if scope["path"] in self.untimed else self.request_timeout_s
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout)
@@ -162,36 +200,41 @@ class EdgeMiddleware:
             task.cancel()
             raise
         except TimeoutError:
-            if started:  # an answer is on its way: let it finish
+            if started():  # an answer is on its way: let it finish
                 await task
                 return
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-            await send_error(drained_send, RequestTimeout(self.request_timeout_s), _where(scope))
+            await send_error(send, RequestTimeout(self.request_timeout_s), _where(scope))
         except (InputError, ServiceError) as exc:
-            if not started:
-                await send_error(drained_send, exc, _where(scope))
+            if not started():
+                await send_error(send, exc, _where(scope))
         except Exception as exc:  # noqa: BLE001 - a fault of ours: logged, answered, never a dead worker
-            if not started:
-                await send_error(drained_send, unexpected(exc, _where(scope)), _where(scope))
+            if not started():
+                await send_error(send, unexpected(exc, _where(scope)), _where(scope))
 
-    async def _drain(self, receive: Receive, body: _Body, loop: asyncio.AbstractEventLoop) -> bool:
-        """Read and drop the rest of the body; False if it could not be read in bounds."""
-        budget = self.drain_bytes
-        while not body.done:
-            remaining = body.deadline - loop.time()
-            if budget <= 0 or remaining <= 0:
-                return False
-            try:
-                message = await asyncio.wait_for(receive(), remaining)
-            except TimeoutError:
-                return False
-            if message["type"] != "http.request":
-                return False
-            budget -= len(message.get("body", b""))
-            body.done = not message.get("more_body", False)
-        return True
+    async def _drain(
+        self, receive: Receive, body: _Body, waits_for_continue: bool, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Read and drop the rest of the body, for at most `drain_timeout_s`, while it keeps
+        coming (DRAIN_IDLE_S). Not for a client still waiting for `100 Continue` (it sends no
+        body now), nor one that did not send it in time (its 408), nor past `max_drains`."""
+        if body.done or body.timed_out or waits_for_continue or self.draining >= self.max_drains:
+            return
+        self.draining += 1
+        try:
+            deadline = loop.time() + self.drain_timeout_s
+            while not body.done:
+                try:
+                    message = await asyncio.wait_for(receive(), min(deadline - loop.time(), DRAIN_IDLE_S))
+                except TimeoutError:
+                    return
+                if message["type"] != "http.request":
+                    return  # the client is gone
+                body.done = not message.get("more_body", False)
+        finally:
+            self.draining -= 1
 
 
 class ClientRoutePolicy:

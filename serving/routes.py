@@ -8,12 +8,14 @@ defined (BentoML re-registers class-method routes at the end of the app when it 
 
 from __future__ import annotations
 
+import html
+import json
 from collections.abc import Awaitable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
@@ -62,7 +64,7 @@ ERROR_STATUSES: dict[int, str] = {
     408: "The upload did not complete in time",
     413: "Upload over the byte limit, or image over the pixel limit",
     415: "Not an image in a supported format",
-    422: "No face found and require_face was asked for",
+    422: "No face found in a photo (NO_FACE: by default on /api/v1/detect*; see require_face)",
     429: "Rate limited (only when DEEPFAKE_RATE_LIMITS is set); see Retry-After",
     500: "A fault of the server's own",
     503: "At capacity (SERVICE_OVERLOADED) or the model cannot serve (MODEL_UNAVAILABLE); see Retry-After",
@@ -96,7 +98,9 @@ FRAMES = {"type": "integer", "description": "frames sampled, evenly spaced (defa
 FPS = {"type": "number", "description": "frames sampled per second, instead of `frames`"}
 REQUIRE_FACE = {
     "type": "boolean",
-    "description": "true: no face is a 422 NO_FACE; false: an answer that says so; default: the setting",
+    "description": "true: a photo with no face is a 422 NO_FACE; false: a 200 with verdict no_face; "
+    "default: DEEPFAKE_REQUIRE_FACE, else 422 on the /api/v1/detect routes and 200 on /detect, "
+    "/detect_augmented",
 }
 
 
@@ -133,34 +137,107 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
     return error_response(errors.bad_request(f"Invalid request: {exc.errors()[:1]}"), request.url.path)
 
 
+# The API docs: Swagger UI 5 (Swagger UI before 5 cannot read the OpenAPI 3.1 that FastAPI
+# writes: "Unable to render this definition"), from the files the fastapi-offline package ships,
+# served by this server: nothing is loaded from elsewhere, and no inline script, so that the
+# page's Content-Security-Policy can say so. It may be framed from any origin: the old front
+# end shows it in an iframe ("API Documentation").
+DOCS_PATHS = ("/api/v1/docs", "/")
+DOCS_ASSETS = "/api/v1/docs/assets"
+DOCS_INIT = "/api/v1/docs/init.js"
+SPEC_PATH = "/docs.json"
+DOCS_CSP = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "font-src 'self' data:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+    ]
+)
+DOCS_HEADERS = {"Content-Security-Policy": DOCS_CSP, "X-Content-Type-Options": "nosniff"}
+_DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<link rel="stylesheet" href="{assets}/swagger-ui.css">
+<link rel="icon" type="image/png" href="{assets}/favicon.png">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{assets}/swagger-ui-bundle.js"></script>
+<script src="{init}"></script>
+</body>
+</html>
+"""
+_DOCS_SCRIPT = """"use strict";
+window.ui = SwaggerUIBundle({{
+  url: {spec},
+  dom_id: "#swagger-ui",
+  layout: "BaseLayout",
+  deepLinking: true,
+  showExtensions: true,
+  validatorUrl: null,
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
+}});
+"""
+
+
+def swagger_ui_dir() -> Path:
+    """Swagger UI's files (swagger-ui-bundle.js, swagger-ui.css, favicon.png) as fastapi-offline
+    ships them."""
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).parent / "static"
+
+
 def add_docs_and_fallback(app: FastAPI, other_routes: Iterable[tuple[str, set[str]]]) -> None:
     """The API docs (our spec, Swagger UI from a local copy), then the answer for every path no
     route takes: 405 where another method would do (for this app's routes and `other_routes`,
     the service's own routes that BentoML serves), else 404. Call it last."""
-    import swagger_ui_bundle
+    assets = StaticFiles(directory=swagger_ui_dir())
+    app.mount(DOCS_ASSETS, _WithHeaders(assets, {"X-Content-Type-Options": "nosniff"}), name="docs-assets")
+    page = _DOCS_PAGE.format(title=html.escape(app.title), assets=DOCS_ASSETS, init=DOCS_INIT)
+    script = _DOCS_SCRIPT.format(spec=json.dumps(SPEC_PATH))
 
-    app.mount(
-        "/api/v1/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets"
-    )
-
-    @app.get("/docs.json", include_in_schema=False)
+    @app.get(SPEC_PATH, include_in_schema=False)
     async def openapi_spec() -> JSONResponse:
         return JSONResponse(app.openapi())
 
     async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/docs.json",
-            title=app.title,
-            swagger_js_url="/api/v1/docs/assets/swagger-ui-bundle.js",
-            swagger_css_url="/api/v1/docs/assets/swagger-ui.css",
-            swagger_favicon_url="/api/v1/docs/assets/favicon-32x32.png",
-        )
+        return HTMLResponse(page, headers=DOCS_HEADERS)
 
-    app.add_api_route("/api/v1/docs", swagger_ui, include_in_schema=False)
-    app.add_api_route("/", swagger_ui, include_in_schema=False)
+    async def swagger_ui_init() -> Response:
+        return Response(script, media_type="text/javascript", headers=DOCS_HEADERS)
+
+    for path in DOCS_PATHS:
+        app.add_api_route(path, swagger_ui, methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route(DOCS_INIT, swagger_ui_init, methods=["GET", "HEAD"], include_in_schema=False)
 
     # An ASGI object, not a function: Starlette then matches it for every method.
     app.router.routes.append(Route("/{path:path}", _Fallback(list(app.routes), other_routes)))
+
+
+class _WithHeaders:
+    """An ASGI app whose answers get `headers` added (the static assets)."""
+
+    def __init__(self, app: Any, headers: dict[str, str]) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class _Fallback:

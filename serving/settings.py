@@ -91,10 +91,23 @@ class Settings(BaseSettings):
         description="a connection whose request line and headers are not complete by then is "
         "closed (serving/bentoml_adapter.py)",
     )
+    drain_timeout_s: float = limit(
+        30.0,
+        "a client that keeps sending after an early answer (413, 401, 429, ...) holding its "
+        "connection (the rest of its upload is read and dropped this long, then the connection closes)",
+        gt=0,
+        description="an answer given before the upload was read (413, 401, 429, ...) first reads and "
+        "drops the rest of it for up to this long (as nginx's lingering_time), so that every client "
+        "reads the answer",
+    )
     api_workers: int = Field(1, gt=0, le=64, description="worker processes of the public service")
     face_detection: bool = Field(True, description="find faces first; `false` judges the whole image")
-    require_face: bool = Field(
-        False, description="no face: `422 NO_FACE` instead of an answer that says no face was found"
+    require_face: bool | None = Field(
+        None,
+        description="a photo with no face: `true` answers `422 NO_FACE` on every route, `false` an answer "
+        "with `verdict: no_face` on every route (unset: `422` on the legacy `/api/v1/detect*` routes, "
+        "whose clients read any 200 as a verdict; the answer on `/detect`, `/detect_augmented`); the "
+        "form field `require_face` overrides it per request",
     )
     max_faces: int = limit(
         faces.DEFAULT_MAX_FACES,

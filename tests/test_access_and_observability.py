@@ -139,7 +139,7 @@ def test_requests_past_the_in_flight_cap_get_503_with_retry_after() -> None:
 
     access = AccessMiddleware(slow_app, guarded=lambda path: path == "/d", api_key=None, max_in_flight=2)
     middleware = EdgeMiddleware(
-        access, file_limit=lambda path: 1024, drain_bytes=1024, upload_timeout_s=5, request_timeout_s=5
+        access, file_limit=lambda path: 1024, upload_timeout_s=5, request_timeout_s=5, drain_timeout_s=5
     )
 
     async def call() -> tuple[int, dict]:
@@ -261,7 +261,7 @@ def guarded_stack(**options: object) -> tuple[object, object]:
 
     access = AccessMiddleware(ok, guarded=lambda path: path == "/d", **options)  # type: ignore[arg-type]
     edge = EdgeMiddleware(
-        access, file_limit=lambda path: 1024, drain_bytes=1024, upload_timeout_s=5, request_timeout_s=5
+        access, file_limit=lambda path: 1024, upload_timeout_s=5, request_timeout_s=5, drain_timeout_s=1
     )
     return edge, access
 

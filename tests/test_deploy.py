@@ -264,7 +264,9 @@ def test_overlay_serves_the_fetched_model(
 def test_manifests_match_kubernetes_schemas(
     version: str, k8s: dict[str, dict[str, Any]], overlay_deployment: dict[str, Any]
 ) -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="needs kubernetes-validate (requirements-ci.txt; .ci/run installs it)"
+    )
     for resource in [*k8s.values(), overlay_deployment]:
         kubernetes_validate.validate(resource, version, strict=True)
     broken = copy.deepcopy(k8s["Deployment"])

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from preprocessing.augment import tta_variants
+from preprocessing.augment import VARIANTS, tta_variants
 from preprocessing.decode import DecodeLimits, decode_upload
 from preprocessing.errors import InputError
 from preprocessing.tensor import normalize, to_input_array
@@ -198,7 +198,7 @@ def check_upload(
         assert batch.dtype == np.float32 and np.isfinite(batch).all()
         assert float(batch.min()) >= 0.0 and float(batch.max()) <= 1.0
         variants = tta_variants(Image.fromarray(array))
-        assert len(variants) == 7
+        assert len(variants) == len(VARIANTS)
         for name, variant in variants:
             assert variant.mode == "RGB" and variant.size == INPUT_SIZE[::-1], (name, variant.mode)
     seconds = time.perf_counter() - started

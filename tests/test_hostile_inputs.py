@@ -34,13 +34,15 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from serving.pipeline import FACE_CROP_MAX_SIDE
+from serving.settings import Settings
 from tests.helpers import ROOT, ServerProcess, encode, noise_image, png_bomb
 
 DETECT = "/api/v1/detect/"
 AUGMENTED = "/api/v1/detect/augmented"
 HEALTH = "/api/v1/detect/health"
 BOUNDARY = b"hostile-corpus-boundary"
-MAX_UPLOAD = 10 * 1024 * 1024  # DEEPFAKE_MAX_UPLOAD_BYTES default
+MAX_UPLOAD = Settings.model_fields["max_upload_bytes"].default  # the servers here keep the default
 MARKER = uuid.uuid4().hex  # in every hostile filename that must not create a file
 
 
@@ -48,6 +50,12 @@ MARKER = uuid.uuid4().hex  # in every hostile filename that must not create a fi
 @functools.cache
 def jpeg() -> bytes:
     return encode(noise_image((200, 150)), "JPEG", quality=85)
+
+
+@functools.cache
+def photo() -> bytes:
+    """A noise JPEG too large to be a face crop: a photo, in which no face is found."""
+    return encode(noise_image((FACE_CROP_MAX_SIDE + 80, FACE_CROP_MAX_SIDE)), "JPEG", quality=85)
 
 
 @functools.cache
@@ -218,6 +226,14 @@ def upload(
     return multipart(Part(b"file", data, filename, content_type))
 
 
+def upload_photo(
+    data: bytes, filename: bytes | None = b"upload.jpg", content_type: bytes | None = b"image/jpeg"
+) -> dict:
+    """`upload` of an image that is no face crop, asking for an answer when no face is found
+    (require_face=false: the legacy routes' default is 422 NO_FACE)."""
+    return multipart(Part(b"file", data, filename, content_type), Part(b"require_face", b"false", None, None))
+
+
 def body(content: bytes, content_type: str | None) -> dict[str, Any]:
     return {"content": content, "headers": {"content-type": content_type} if content_type else {}}
 
@@ -306,10 +322,12 @@ CASES: list[Case] = [
     ),
     fault(
         "require-face-true-no-face",
-        lambda: multipart(Part(b"file", jpeg()), Part(b"require_face", b"true", None, None)),
+        lambda: multipart(Part(b"file", photo()), Part(b"require_face", b"true", None, None)),
         422,
         "NO_FACE",
     ),
+    fault("no-face-photo-legacy-default", lambda: upload(photo()), 422, "NO_FACE"),
+    fault("no-face-photo-augmented", lambda: upload(photo()), 422, "NO_FACE", path=AUGMENTED),
     fault(
         "thousand-unknown-fields",
         lambda: multipart(
@@ -665,11 +683,11 @@ CASES: list[Case] = [
     ok("jpeg-1x1", lambda: upload(converted("RGB", "JPEG", (1, 1)))),
     ok("png-1x1", lambda: upload(converted("RGB", "PNG", (1, 1)), b"a.png", b"image/png")),
     ok("gif-1x1", lambda: upload(converted("RGB", "GIF", (1, 1)), b"a.gif", b"image/gif")),
-    ok("png-10000x1", lambda: upload(converted("RGB", "PNG", (10_000, 1)), b"a.png", b"image/png")),
-    ok("png-1x10000", lambda: upload(converted("RGB", "PNG", (1, 10_000)), b"a.png", b"image/png")),
-    ok("jpeg-4000x2", lambda: upload(converted("RGB", "JPEG", (4000, 2)))),
+    ok("png-10000x1", lambda: upload_photo(converted("RGB", "PNG", (10_000, 1)), b"a.png", b"image/png")),
+    ok("png-1x10000", lambda: upload_photo(converted("RGB", "PNG", (1, 10_000)), b"a.png", b"image/png")),
+    ok("jpeg-4000x2", lambda: upload_photo(converted("RGB", "JPEG", (4000, 2)))),
     ok("png-16-bit-grey", lambda: upload(png16(), b"a.png", b"image/png")),
-    ok("png-16-bit-rgb", lambda: upload(png48(), b"a.png", b"image/png")),
+    ok("png-16-bit-rgb", lambda: upload_photo(png48(), b"a.png", b"image/png")),
     ok("jpeg-cmyk", lambda: upload(converted("CMYK", "JPEG"))),
     ok("jpeg-greyscale", lambda: upload(converted("L", "JPEG"))),
     ok("jpeg-progressive", lambda: upload(converted("RGB", "JPEG", progressive=True))),

@@ -23,7 +23,7 @@ import pytest
 
 from tests.helpers import ServerProcess
 
-pytest.importorskip("schemathesis")
+pytest.importorskip("schemathesis", reason="needs schemathesis (requirements-dev.txt)")
 
 CHECKS = "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance"
 MAX_EXAMPLES = 60  # per operation

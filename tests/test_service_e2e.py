@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 
 from modeling.loading import load_classifier
 from modeling.spec import ModelSpec
+from preprocessing.augment import VARIANTS
 from preprocessing.decode import DecodeLimits
 from preprocessing.detectors import load_detector
 from preprocessing.tensor import normalize
@@ -141,7 +142,7 @@ def test_sync_http_client_methods(server: ServerProcess, tmp_path: Path, slow_ta
         info = client.model_info()
     assert detected["verdict"] == "no_face" and detected["model_tag"] == slow_tag
     assert '"error_code":"NO_FACE"' in str(refused.value).replace(" ", "")  # the legacy body
-    assert len(augmented["augmented_predictions"]) == 6
+    assert len(augmented["augmented_predictions"]) == len(VARIANTS) - 1  # all but the original
     assert health["status"] == "healthy"
     assert info["tag"] == slow_tag
 
@@ -165,8 +166,14 @@ def test_docs_and_openapi(app: TestClient) -> None:
     page = app.get("/api/v1/docs")
     assert "swagger" in page.text.lower() and app.get("/").text == page.text
     assert not re.search(r"(src|href)=[\"']?https?:", page.text)  # nothing fetched from elsewhere
-    for asset in re.findall(r"(?:src|href)=\"(/[^\"]+)\"", page.text):
-        assert app.get(asset).status_code == 200, asset
+    assets = {asset: app.get(asset) for asset in re.findall(r"(?:src|href)=\"(/[^\"]+)\"", page.text)}
+    assert all(answer.status_code == 200 for answer in assets.values()), assets
+    # That it renders the spec (OpenAPI 3.1: Swagger UI 5): tests/browser/test_docs.py.
+    assert re.findall(r"<script>", page.text) == []  # no inline script: the CSP can forbid it
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "connect-src 'self'" in csp
+    # The old front end shows the docs in an iframe from its own origin: nothing may forbid it.
+    assert "frame-ancestors" not in csp and "x-frame-options" not in page.headers
     spec = app.get("/docs.json").json()
     assert (
         spec["info"]["title"] == "Deepfake detection API" and spec["info"]["version"] == serving.__version__

@@ -9,6 +9,7 @@ import pytest
 
 from preprocessing.errors import InputError
 from preprocessing.video import (
+    DEFAULT_FRAMES,
     DecodeStats,
     VideoInfo,
     VideoLimits,
@@ -150,7 +151,7 @@ def info_of(duration_s: float, fps: float = 30.0, frame_count: int | None = None
 def test_samples_are_slice_midpoints() -> None:
     assert sample_times(info_of(10.0), frames=4) == pytest.approx([1.25, 3.75, 6.25, 8.75])
     assert sample_times(info_of(10.0), fps=0.5) == pytest.approx([1.0, 3.0, 5.0, 7.0, 9.0])
-    assert len(sample_times(info_of(10.0))) == 32  # neither frames nor fps
+    assert len(sample_times(info_of(10.0))) == DEFAULT_FRAMES  # neither frames nor fps
 
 
 def test_samples_are_capped_by_the_limit_and_the_frames_there_are() -> None:

@@ -17,12 +17,14 @@ from typing import Any
 
 import pytest
 
+from preprocessing.augment import VARIANTS
 from tests.browser.legacy_page import GREEN, RED, Tab, open_page, percent
 from tests.browser.limits import MAX_UPLOAD_BYTES, RATE_LIMIT_PER_MINUTE
 from tests.helpers import FIXTURES, image_bytes
 from tests.inprocess import ThreadServer
 
 PHOTO = FIXTURES / "astronaut.jpg"  # 512x512, shown at its natural size: displayed = natural pixels
+NO_FACE_PHOTO = FIXTURES / "coffee_no_face.jpg"
 FACE_CROP = (130, 20, 190)  # (x, y, size): her face, warm -> real
 FLAG_CROP = (0, 0, 45)  # the flag's blue field, no face -> fake
 # The old service's variant names as the old page shows them: first "_" a space, capitalised.
@@ -105,14 +107,25 @@ def test_augmented_crop_shows_consistent_consensus(
         "row badges": ["red" if row.prediction == "fake" else "green" for row in rows],
         "rows under 50%": [],
         "original under 50%": False,
-        "below threshold": f"{fakes} / 7",
+        "below threshold": f"{fakes} / {len(VARIANTS)}",
         "threshold": "50%",
         "input shape": " × ".join(map(str, size)),
     }
     assert seen == expected
-    assert (fakes >= 4) == (consensus == "FAKE")  # the majority the rows show
+    assert (fakes > len(VARIANTS) // 2) == (consensus == "FAKE")  # the majority the rows show
     assert re.fullmatch(r"\d{1,3}\.\d{2}%", augmented.text("average-confidence"))
     assert re.fullmatch(r"\d+\.\d{3}s", augmented.text("processing-time"))
+
+
+@pytest.mark.parametrize("tab", ["general", "augmented"])
+def test_a_photo_with_no_face_shows_no_verdict(tabs: tuple[Tab, Tab], tab: str) -> None:
+    """The old page can show only real/fake for a 2xx: a whole photo with no face must be a 4xx
+    (422 NO_FACE), shown as "Analysis failed", never as "REAL 50 %"."""
+    page = dict(zip(("general", "augmented"), tabs, strict=True))[tab]
+    page.upload(NO_FACE_PHOTO)
+    page.direct_analysis()
+    assert delivered(page) == {"status": 422, "error": "Analysis failed", "render error": None}
+    assert not page.part("result").is_displayed()
 
 
 def jpeg_over(n_bytes: int, path: Path) -> Path:

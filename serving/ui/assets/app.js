@@ -332,6 +332,9 @@ async function post(kind, explain) {
   const form = new FormData();
   form.append('file', state.file, state.file.name || 'upload');
   if (explain) form.append('explain', 'true');
+  // A photo with no face: the answer that says so (shown as "No face found"), not the legacy
+  // routes' default 422 NO_FACE (which would be shown as an error, saying the same).
+  if (kind !== 'video') form.append('require_face', 'false');
   const frames = Number.parseInt(ui.frames.value, 10);
   if (kind === 'video' && Number.isFinite(frames) && frames > 0) form.append('frames', String(frames));
   const headers = state.key ? { Authorization: `Bearer ${state.key}` } : {};

@@ -1,0 +1,2 @@
+'use strict';
+document.getElementById('docs').src = new URLSearchParams(window.location.search).get('src');
