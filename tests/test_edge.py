@@ -198,7 +198,9 @@ def test_drains_are_capped_in_number_and_not_counted_in_flight() -> None:
     async def answer_early(scope: dict, receive: Any, send: Any) -> None:
         await error_response(errors.bad_request("refused before reading"), "test")(scope, receive, send)
 
-    access = AccessMiddleware(answer_early, guarded=(DETECT,), api_key=None, rate_limits="", max_in_flight=1)
+    access = AccessMiddleware(
+        answer_early, guarded=lambda path: path == DETECT, api_key=None, max_in_flight=1
+    )
     middleware = edge(access, max_drains=2)
 
     async def scenario() -> tuple[list[int], int, list[FakeClient]]:
