@@ -14,10 +14,13 @@ trusted proxy; the entries left of it are the client's own writing and are ignor
 client is counted by its /64, the block one machine is usually given, so that its own
 addresses do not each get a limit of their own.
 
-Order, on a guarded route: the rate limit first (every request counts, a wrong key too), then
-the key (a client past DEEPFAKE_KEY_FAILURE_LIMITS of wrong keys is answered 429 before its key
-is checked), then the in-flight cap, which counts a request only once its body has arrived: a
-client that sends its body slowly holds a connection, not a slot meant for work.
+Order, on a guarded route: the rate limit first (on routes that take work, every request
+counts, a wrong key too), then the key (a client past DEEPFAKE_KEY_FAILURE_LIMITS of wrong keys
+is answered 429 before its key is checked, on every guarded route), then the in-flight cap (work
+only), which counts a request only once its body has arrived: a client that sends its body
+slowly holds a connection, not a slot meant for work. Which routes are guarded, and which take
+work (an upload to judge), is the route table's (serving/routes.py): a job's status or cancel is
+guarded, but polling it is not rate limited.
 """
 
 from __future__ import annotations
@@ -228,13 +231,15 @@ class AccessMiddleware:
     overload is a quick 503 with Retry-After instead of a queue that grows until every request
     times out. Probes, health and docs stay open. Every request gets its client's identity in
     `scope[CLIENT_KEY]` (for the per-client job quota). Refusals are raised as typed errors; the
-    edge (serving/edge.py) answers them."""
+    edge (serving/edge.py) answers them. `guarded(path)`: the key guards it; `work(path)`: it is
+    rate limited and counted in flight (default: every guarded path)."""
 
     def __init__(
         self,
         app: ASGIApp,
         *,
         guarded: Callable[[str], bool],
+        work: Callable[[str], bool] | None = None,
         api_key: str | None,
         limiter: RateLimiter | None = None,
         key_failures: RateLimiter | None = None,
@@ -243,6 +248,7 @@ class AccessMiddleware:
     ) -> None:
         self.app = app
         self.guarded = guarded
+        self.work = work or guarded
         self.api_key = api_key.encode() if api_key else None
         self.limiter = limiter
         self.key_failures = key_failures
@@ -258,7 +264,8 @@ class AccessMiddleware:
         if not self.guarded(scope["path"]) or scope.get("method") == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        if self.limiter is not None and (retry := await self.limiter.hit(client)) is not None:
+        work = self.work(scope["path"])
+        if work and self.limiter is not None and (retry := await self.limiter.hit(client)) is not None:
             raise RateLimited(retry)
         if self.api_key is not None:
             if self.key_failures is not None and (retry := await self.key_failures.peek(client)) is not None:
@@ -267,7 +274,10 @@ class AccessMiddleware:
                 if self.key_failures is not None:
                     await self.key_failures.hit(client)
                 raise Unauthorized()
-        await self._counted(scope, receive, send)
+        if work:
+            await self._counted(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
     def _key_matches(self, scope: Scope) -> bool:
         assert self.api_key is not None

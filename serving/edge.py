@@ -1,5 +1,6 @@
 """The HTTP edge: what every request passes before the routes, as plain ASGI middlewares added
-with BentoML's public `add_asgi_middleware` (outermost first):
+with BentoML's public `add_asgi_middleware` (outermost first), by `install`, from the route
+table (serving/routes.py) and the settings:
 
     RequestIdMiddleware   X-Request-ID on every answer (the client's own, or a new one)
     CORSMiddleware        Starlette's, so that every answer below it carries the CORS headers
@@ -8,6 +9,9 @@ with BentoML's public `add_asgi_middleware` (outermost first):
     AccessMiddleware      API key, rate limit, in-flight cap (serving/access.py)
     ClientRoutePolicy     the upload policy for the Python client's routes, checked before
                           BentoML parses them
+
+Below them all, uvicorn closes connections whose headers do not arrive in time
+(serving/bentoml_adapter.py `use_header_timeout`, also called by `install`).
 
 Nothing here reads another framework's answer: errors are exceptions (serving/errors.py)
 rendered by one function, and an answer that has started is never rewritten."""
@@ -18,8 +22,9 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from preprocessing import errors
 from preprocessing.errors import InputError
@@ -36,7 +41,7 @@ from serving.errors import (
     unexpected,
 )
 from serving.forms import FormKind
-from serving.multipart import encode_form, read_empty_json, read_form
+from serving.multipart import MAX_JSON_BYTES, encode_form, read_empty_json, read_form
 from serving.observability import request_id_var
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,128}")
@@ -285,3 +290,51 @@ class ClientRoutePolicy:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+def install(service: Any, settings: Any, forms: Mapping[str, FormKind]) -> None:
+    """The public service's edge, outermost first, every fact from the route table: the body
+    limit of each path (its form's; a path without one: a small JSON body), the guarded paths,
+    the paths that are work, the client routes' forms. `settings`: serving/settings.py's."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    from serving.access import AccessMiddleware, ClientAddress, FixedWindowLimiter, parse_rate_limits
+    from serving.bentoml_adapter import use_header_timeout
+    from serving.routes import ROUTES
+
+    use_header_timeout(settings.header_timeout_s)
+    file_limits = {name: form.policy.max_file_bytes for name, form in forms.items()}
+    file_limits["none"] = MAX_JSON_BYTES  # a route without an upload: at most an empty JSON body
+    rate, failures = parse_rate_limits(settings.rate_limits), parse_rate_limits(settings.key_failure_limits)
+    client_routes = {
+        path: forms[route.form] if route.work else None
+        for route in ROUTES.served_by("bentoml")
+        if "POST" in route.methods
+        for path in route.paths
+    }
+    service.add_asgi_middleware(RequestIdMiddleware)
+    service.add_asgi_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.cors_origins),
+        allow_methods=sorted({m for route in ROUTES for m in route.methods} | {"OPTIONS"}),
+        allow_headers=["*"],
+        expose_headers=["Retry-After", "X-Request-ID"],
+    )
+    service.add_asgi_middleware(
+        EdgeMiddleware,
+        file_limit=lambda path: file_limits[ROUTES.form(path)],
+        upload_timeout_s=settings.upload_timeout,
+        request_timeout_s=settings.request_timeout_s,
+        drain_timeout_s=settings.drain_timeout_s,
+    )
+    service.add_asgi_middleware(
+        AccessMiddleware,
+        guarded=ROUTES.guarded,
+        work=ROUTES.work,
+        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        limiter=FixedWindowLimiter(rate, settings.rate_limit_clients) if rate else None,
+        key_failures=FixedWindowLimiter(failures, settings.rate_limit_clients) if failures else None,
+        client=ClientAddress(settings.trust_forwarded_for, settings.trusted_proxies),
+        max_in_flight=settings.max_in_flight,
+    )
+    service.add_asgi_middleware(ClientRoutePolicy, routes=client_routes)

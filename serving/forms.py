@@ -60,6 +60,15 @@ def image_form(max_bytes: int) -> FormKind:
     return FormKind("image", FormPolicy(max_bytes, frozenset({"require_face", "explain"})), parse)
 
 
+def form_kinds(settings: Any, spool_dir: Path) -> dict[str, FormKind]:
+    """The image and video forms under `settings` (serving/settings.py), by the route table's
+    form names; videos are spooled to `spool_dir`."""
+    return {
+        "image": image_form(settings.max_upload_bytes),
+        "video": video_form(settings.video_max_bytes, settings.video_max_frames, spool_dir),
+    }
+
+
 def video_form(max_bytes: int, max_frames: int, spool_dir: Path) -> FormKind:
     """Videos stream to a temp file in `spool_dir` as they arrive (the decoder reads it there)."""
 

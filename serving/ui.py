@@ -89,27 +89,35 @@ class _WithHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def add_ui(app: FastAPI, api_origins: tuple[str, ...] = ()) -> None:
-    """The page at `/ui/` (`/ui` redirects there, keeping the query) and its assets at
-    `/ui/assets/`; `api_origins`: the other API origins the page may talk to (each checked by
-    `api_origin`). Call it before `add_docs_and_fallback`: the fallback route must stay last.
-    Without the page's files (a Bento built without serving/ui/) the API serves without it."""
+def add_ui(
+    app: FastAPI,
+    api_origins: tuple[str, ...] = (),
+    *,
+    page: str = "/ui/",
+    redirect: str = "/ui",
+    assets: str = "/ui/assets",
+) -> None:
+    """The page at `page` (`redirect` redirects there, keeping the query) and its assets under
+    `assets` (the paths are the route table's: serving/routes.py); `api_origins`: the other API
+    origins the page may talk to (each checked by `api_origin`). Call it before
+    `add_docs_and_fallback`: the fallback route must stay last. Without the page's files (a
+    Bento built without serving/ui/) the API serves without it."""
     if not (UI_DIR / "index.html").is_file():
         logger.warning("no web page: %s is missing; /ui is not served", UI_DIR / "index.html")
         return
     allowed = tuple(origin for origin in api_origins if api_origin(origin) == origin)
-    page = (UI_DIR / "index.html").read_text(encoding="utf-8")
-    page = page.replace("<html ", f'<html data-api-origins="{" ".join(allowed)}" ', 1)
+    html = (UI_DIR / "index.html").read_text(encoding="utf-8")
+    html = html.replace("<html ", f'<html data-api-origins="{" ".join(allowed)}" ', 1)
     csp = content_security_policy(allowed)
 
     async def ui_page(request: Request) -> Response:
-        return HTMLResponse(page, headers=_headers(csp))
+        return HTMLResponse(html, headers=_headers(csp))
 
     async def ui_redirect(request: Request) -> Response:
         query = request.url.query
-        return RedirectResponse("/ui/" + (f"?{query}" if query else ""), status_code=307)
+        return RedirectResponse(page + (f"?{query}" if query else ""), status_code=307)
 
-    app.add_api_route("/ui/", ui_page, methods=["GET", "HEAD"], include_in_schema=False)
-    app.add_api_route("/ui", ui_redirect, methods=["GET", "HEAD"], include_in_schema=False)
-    assets = StaticFiles(directory=UI_DIR / "assets")
-    app.mount("/ui/assets", _WithHeaders(assets, _headers(content_security_policy())), name="ui-assets")
+    app.add_api_route(page, ui_page, methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route(redirect, ui_redirect, methods=["GET", "HEAD"], include_in_schema=False)
+    files = StaticFiles(directory=UI_DIR / "assets")
+    app.mount(assets, _WithHeaders(files, _headers(content_security_policy())), name="ui-assets")
