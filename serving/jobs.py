@@ -244,7 +244,11 @@ class JobStore(abc.ABC):
 
     async def admit(self, client: str = "", size: int = 0) -> None:
         """Raise what `submit` would for this client and size, before the upload is read."""
-        statuses = await self._statuses()
+        try:
+            statuses = await self._statuses()
+        except OSError as exc:
+            self._log_once("admit", f"the job store cannot be listed: {type(exc).__name__}: {exc}")
+            raise JobStoreUnavailable("the job store cannot take a job now") from None
         active = [s for s in statuses if not s.finished]
         if self.max_per_client and client:
             mine = client_hash(client)
@@ -439,9 +443,7 @@ class JobStore(abc.ABC):
                 last[name] = now
                 try:
                     await chore()
-                except asyncio.CancelledError:
-                    raise
-                except BaseException:  # noqa: BLE001 - the loop outlives every error; logged
+                except Exception:  # noqa: BLE001 - the loop outlives every error; logged
                     self._log_once(f"maintenance:{name}", f"job maintenance ({name}) failed", exc_info=True)
 
     async def _poll_cancels(self) -> None:
