@@ -31,6 +31,7 @@ from preprocessing.errors import InputError
 from serving.errors import (
     ASGIApp,
     Message,
+    NotFound,
     Receive,
     RequestTimeout,
     Scope,
@@ -45,6 +46,9 @@ from serving.multipart import MAX_JSON_BYTES, encode_form, read_empty_json, read
 from serving.observability import request_id_var
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,128}")
+# A decoded path with a control character (a %0A, ...) matches no route: Starlette's mount of our
+# app does not take it (its pattern stops at a newline) and would answer a plain-text 404.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Room for the multipart envelope (boundaries, part headers, text fields) around the file.
 ENVELOPE_BYTES = 64 * 1024
 
@@ -185,7 +189,9 @@ class EdgeMiddleware:
                 return
             await send(message)
 
-        if declared.isdigit() and int(declared) > body.limit:
+        if _CONTROL.search(scope["path"]):
+            await send_error(edge_send, NotFound(), _where(scope))
+        elif declared.isdigit() and int(declared) > body.limit:
             await send_error(edge_send, errors.file_too_large(file_limit), _where(scope))
         else:
             await self._respond(scope, capped_receive, edge_send, lambda: started)
