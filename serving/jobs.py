@@ -107,8 +107,11 @@ class JobQuotaExceeded(JobStoreFull):
     """This client has `max_per_client` jobs queued or running already."""
 
 
-class JobStoreUnavailable(RuntimeError):
-    """The store cannot take a job now (its storage refused a write: a full disk)."""
+class JobStoreUnavailable(OSError):
+    """The store cannot take or answer now: its storage refused a write (a full disk), cannot
+    be reached (Redis down or slow), or this server is stopping. An OSError, as every storage
+    failure is: the job runner treats it as one (a progress write is skipped, a final state
+    is kept in memory and written again)."""
 
 
 @dataclass
@@ -217,11 +220,12 @@ class JobStore(abc.ABC):
         self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
 
     async def close(self) -> None:
-        """Stop the maintenance and this process's jobs (they end failed, JOB_INTERRUPTED)."""
+        """Stop taking jobs, stop the maintenance and this process's jobs (they end failed,
+        JOB_INTERRUPTED, written where every worker and replica reads them)."""
+        self._closing = True
         if self._maintenance:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
-        self._closing = True
         for task in list(self._tasks.values()):
             task.cancel(msg="shutdown")
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -244,6 +248,8 @@ class JobStore(abc.ABC):
 
     async def admit(self, client: str = "", size: int = 0) -> None:
         """Raise what `submit` would for this client and size, before the upload is read."""
+        if self._closing:
+            raise JobStoreUnavailable("this server is stopping; another one takes the job")
         try:
             statuses = await self._statuses()
         except OSError as exc:
@@ -426,7 +432,8 @@ class JobStore(abc.ABC):
 
     async def _maintain(self) -> None:
         last = {"beat": time.monotonic(), "sweep": time.monotonic(), "progress": 0.0}
-        sweep_every = max(min(self.ttl_s / 10, 60.0), self.poll_s)
+        # Often enough that an orphan is marked failed within stale_after_s of going stale.
+        sweep_every = max(min(self.ttl_s / 10, 60.0, self.stale_after_s), self.poll_s)
         chores: list[tuple[str, float, Callable[[], Awaitable[None]]]] = [
             ("cancels", 0.0, self._poll_cancels),
             ("unsaved", 0.0, self._write_unsaved),

@@ -24,6 +24,7 @@ from modeling.spec import DEFAULT_MODEL_NAME
 from preprocessing import faces, video
 from preprocessing.decode import DecodeLimits
 from serving.access import DEFAULT_TRUSTED_PROXIES, parse_networks, parse_rate_limits
+from serving.redis_link import RedisLink, check_url, shared_link
 
 ENV_PREFIX = "DEEPFAKE_"
 _LIMITS = DecodeLimits()
@@ -249,7 +250,29 @@ class Settings(BaseSettings):
     jobs_dir: str = Field(
         "",
         description="where video jobs keep their state and uploads, shared by the API workers (empty: "
-        "a folder in the temp dir)",
+        "a folder in the temp dir); with `DEEPFAKE_JOB_STORE`, only this replica's uploads",
+    )
+    job_store: SecretStr | None = Field(
+        None,
+        description="unset: video jobs on disk (`DEEPFAKE_JOBS_DIR`) and rate limits counted per worker "
+        "process; `redis://[:password@]host:port/db` (or `rediss://`, TLS): jobs and rate limits "
+        'shared by every replica through Redis (README, "Several replicas"); a secret, never logged',
+    )
+    redis_timeout_s: float = limit(
+        1.0,
+        "a slow or unreachable Redis holding requests: each call gives up after this (job routes answer "
+        "`503 JOB_STORE_UNAVAILABLE`, rate limits count in the process meanwhile)",
+        gt=0,
+        le=30,
+        description="the longest one call to Redis may take (connecting, or its answer)",
+    )
+    job_stale_after_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="a queued or running job whose owner (an API worker, a replica) has not "
+        "heartbeated for this long is marked failed `JOB_INTERRUPTED` (owners heartbeat every fifth "
+        "of it, at most every 2 s)",
     )
     job_ttl_s: float = limit(
         3600.0,
@@ -314,6 +337,14 @@ class Settings(BaseSettings):
         parse_rate_limits(value)  # raises ValueError with the bad part
         return value
 
+    @field_validator("job_store")
+    @classmethod
+    def _check_job_store(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None  # set but empty: the disk store
+        check_url(value.get_secret_value())  # its message never holds the URL
+        return value
+
     @field_validator("api_key")
     @classmethod
     def _check_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -330,6 +361,15 @@ class Settings(BaseSettings):
     @property
     def upload_timeout(self) -> float:
         return self.upload_timeout_s or self.request_timeout_s / 2
+
+    @property
+    def job_heartbeat_s(self) -> float:
+        return min(2.0, self.job_stale_after_s / 5)
+
+    def redis_link(self) -> RedisLink:
+        """The process's connection to `job_store` (set), shared by the job store and limits."""
+        assert self.job_store is not None
+        return shared_link(self.job_store.get_secret_value(), self.redis_timeout_s)
 
     @property
     def limits(self) -> DecodeLimits:
@@ -349,7 +389,7 @@ class SettingsError(SystemExit):
     """A bad setting: the one-line message names the variable; the start stops."""
 
 
-SECRET_FIELDS = frozenset({"api_key"})
+SECRET_FIELDS = frozenset({"api_key", "job_store"})
 
 
 def _explain(error: ValidationError) -> str:
