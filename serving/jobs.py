@@ -67,16 +67,20 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
 from preprocessing.errors import InputError
+from serving.errors import ServiceError
 
 logger = logging.getLogger("deepfake.jobs")
 
@@ -218,6 +222,25 @@ class JobStore(abc.ABC):
         except Exception:  # noqa: BLE001 - the server starts whatever the store holds
             logger.exception("the job store could not sweep at start; serving on")
         self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+        self._stop_taking_jobs_on_sigterm()
+
+    def _stop_taking_jobs_on_sigterm(self) -> None:
+        """SIGTERM (a scale-down, a roll-out) reaches this process and its decoder processes at
+        once (BentoML stops a worker's children with it): from then on this store takes no job,
+        and a running job that fails was interrupted (JOB_INTERRUPTED, written for every worker
+        and replica to read), not failed by its video; `close` then ends the rest. Chained
+        before the server's own handler; only in the main thread, where handlers live."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+        if not callable(previous):  # no graceful stop to chain to (SIG_DFL, SIG_IGN)
+            return
+
+        def stopping(sig: int, frame: FrameType | None) -> None:
+            self._closing = True
+            previous(sig, frame)
+
+        signal.signal(signal.SIGTERM, stopping)
 
     async def close(self) -> None:
         """Stop taking jobs, stop the maintenance and this process's jobs (they end failed,
@@ -399,15 +422,16 @@ class JobStore(abc.ABC):
                 await self.finish(status, "failed", _interrupted("the server stopped"))
                 raise
             await self.finish(status, "cancelled")
-        except InputError as exc:
-            await self.finish(
-                status, "failed", {"status": exc.status, "code": exc.code, "message": exc.message}
-            )
-        except Exception:  # noqa: BLE001 - a job's failure is its result, not the server's crash
-            logger.exception("job %s failed", job_id)
-            await self.finish(
-                status, "failed", {"status": 500, "code": "INTERNAL", "message": "The job failed"}
-            )
+        except Exception as exc:  # noqa: BLE001 - a job's failure is its result, not the server's crash
+            if self._closing:  # its decoder was stopped with the server (SIGTERM): not the video's fault
+                await self.finish(status, "failed", _interrupted("the server stopped"))
+            elif isinstance(exc, InputError | ServiceError):  # the video's fault, or a typed answer
+                error = {"status": exc.status, "code": exc.code, "message": exc.message}
+                await self.finish(status, "failed", error)
+            else:
+                logger.exception("job %s failed", job_id)
+                error = {"status": 500, "code": "INTERNAL", "message": "The job failed"}
+                await self.finish(status, "failed", error)
         finally:
             self._running.pop(job_id, None)
             upload.unlink(missing_ok=True)

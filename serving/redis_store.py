@@ -72,6 +72,11 @@ T = TypeVar("T")
 
 INDEX = PREFIX + "jobs"
 ACTIVE = PREFIX + "jobs:active"
+# Written by every replica at start (no expiry): missing, Redis has lost its data (a restart
+# without persistence). For a few heartbeats after that is found, a job not found is answered
+# 503 (retry), not 404: its owner is writing it again.
+SINCE = PREFIX + "since"
+RECOVERING = PREFIX + "recovering"
 
 # Admission and creation in one step: the bounds are counted over the active jobs of every
 # replica and the job is added before any other script runs. Entries of the wrong shape are
@@ -225,6 +230,7 @@ class RedisJobStore(JobStore):
 
     async def _prepare(self) -> None:
         self.uploads.mkdir(parents=True, exist_ok=True)
+        await self._call(lambda client: client.set(SINCE, b"1", nx=True))
 
     async def _create(self, status: JobStatus, upload: Path) -> None:
         self._key(status.job_id)
@@ -246,11 +252,12 @@ class RedisJobStore(JobStore):
             async with client.pipeline(transaction=False) as pipe:
                 pipe.get(key)
                 pipe.pttl(lease)
+                pipe.exists(SINCE, RECOVERING)
                 return await pipe.execute(raise_on_error=False)
 
-        raw, lease_ms = await self._call(read)
+        raw, lease_ms, marks = await self._call(read)
         if raw is None:
-            raise JobNotFound(job_id)
+            await self._not_found(job_id, marks)
         try:
             if isinstance(raw, Exception):  # WRONGTYPE: a hash, a list... in its place
                 raise ValueError(f"not a string ({type(raw).__name__})")
@@ -262,6 +269,29 @@ class RedisJobStore(JobStore):
             age = self.stale_after_s - lease_ms / 1000 if alive else self.stale_after_s + 1
             status.heartbeat = time.time() - age
         return status
+
+    async def _not_found(self, job_id: str, marks: Any) -> NoReturn:
+        """JobNotFound, unless Redis lost its data a moment ago (see SINCE)."""
+        if marks == 0:  # neither mark: found empty now
+            self._log_once(
+                "lost",
+                f"Redis ({self.link.where}) has lost its data (restarted without persistence?): running "
+                "jobs are written again by their owners, finished ones are gone",
+                level=logging.WARNING,
+            )
+            recover_ms = int((3 * self.heartbeat_s + 1) * 1000)
+
+            async def mark(client: Any) -> None:
+                async with client.pipeline(transaction=True) as pipe:
+                    pipe.set(RECOVERING, b"1", px=recover_ms, nx=True)
+                    pipe.set(SINCE, b"1", nx=True)
+                    await pipe.execute()
+
+            await self._call(mark)
+            raise JobStoreUnavailable("Redis lost its data; the jobs are being written again")
+        if marks == 2:  # both marks: found empty a moment ago
+            raise JobStoreUnavailable("Redis lost its data; the jobs are being written again")
+        raise JobNotFound(job_id)
 
     async def _unreadable(self, job_id: str, why: str) -> NoReturn:
         self._log_once(

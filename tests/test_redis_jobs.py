@@ -288,7 +288,8 @@ def test_redis_down_or_stalled_is_a_quick_answer_and_running_jobs_survive_a_rest
     """Every call is bounded: with Redis stopped (SIGSTOP: it accepts and never answers) or
     killed, the routes' calls raise JobStoreUnavailable within the timeout's bound. A job that
     was running goes on; Redis restarted without its data, the owner writes the job's state
-    again, and another replica then follows it to its result."""
+    again, and another replica then follows it to its result. Meanwhile a job not found is
+    "unavailable" (retry), not "not found", for a few heartbeats."""
 
     async def timed(call: Any) -> float:
         started = time.monotonic()
@@ -299,7 +300,7 @@ def test_redis_down_or_stalled_is_a_quick_answer_and_running_jobs_survive_a_rest
     async def scenario() -> tuple[list[float], JobStatus, Any]:
         async with (
             replica(redis_server, pool, tmp_path / "a", heartbeat_s=0.2) as owner,
-            replica(redis_server, pool, tmp_path / "b") as other,
+            replica(redis_server, pool, tmp_path / "b", heartbeat_s=0.2) as other,
         ):
             job_id = await owner.submit(upload(tmp_path), {"sleep": 6})
             await wait_for(lambda: other.status(job_id), lambda s: s.state == "running")
@@ -312,7 +313,14 @@ def test_redis_down_or_stalled_is_a_quick_answer_and_running_jobs_survive_a_rest
             took.append(await timed(other.submit(spooled)))
             assert not spooled.exists()  # a refused upload is deleted
             redis_server.start()  # empty: no persistence
+            never = "Z" * 22
+            for _ in range(2):  # found empty: for 3 heartbeats + 1 s, a missing job may be coming back
+                with pytest.raises(JobStoreUnavailable):
+                    await other.status(never)
             await wait_for(lambda: _status_or_none(other, job_id), lambda s: s is not None, timeout=10)
+            await asyncio.sleep(3 * 0.2 + 1)
+            with pytest.raises(JobNotFound):
+                await other.status(never)
             done = await wait_for(lambda: other.status(job_id), lambda s: s.finished, timeout=30)
             return took, done, await other.result(job_id)
 
@@ -324,13 +332,17 @@ def test_redis_down_or_stalled_is_a_quick_answer_and_running_jobs_survive_a_rest
 async def _status_or_none(store: RedisJobStore, job_id: str) -> JobStatus | None:
     try:
         return await store.status(job_id)
-    except JobNotFound:
+    except (JobNotFound, JobStoreUnavailable):
         return None
 
 
+@pytest.mark.parametrize("outage", ["stalled", "restarted empty"])
 def test_a_result_made_while_redis_is_down_is_written_once_it_answers(
-    loop: BackgroundLoop, pool: VideoWorkerPool, redis_server: RedisServer, tmp_path: Path
+    loop: BackgroundLoop, pool: VideoWorkerPool, redis_server: RedisServer, tmp_path: Path, outage: str
 ) -> None:
+    """The job ends while Redis cannot be reached: this replica answers it from memory, and
+    writes its end and result once Redis answers (also into a Redis that lost everything)."""
+
     async def scenario() -> tuple[JobStatus, Any, JobStatus, Any]:
         async with (
             replica(redis_server, pool, tmp_path / "a", heartbeat_s=0.2) as owner,
@@ -338,13 +350,17 @@ def test_a_result_made_while_redis_is_down_is_written_once_it_answers(
         ):
             job_id = await owner.submit(upload(tmp_path), {"sleep": 1})
             await wait_for(lambda: other.status(job_id), lambda s: s.state == "running")
-            redis_server.pause()  # the job ends meanwhile: its end cannot be written
+            stalled = outage == "stalled"
+            redis_server.pause() if stalled else redis_server.kill()  # the job ends meanwhile
             try:
                 await wait_for(lambda: asyncio.sleep(0, job_id in owner._unsaved), bool, timeout=30)
                 here, mine = await owner.status(job_id), await owner.result(job_id)  # from memory
             finally:
-                redis_server.resume()
-            there = await wait_for(lambda: other.status(job_id), lambda s: s.finished, timeout=30)
+                redis_server.resume() if stalled else redis_server.start()
+            there = await wait_for(
+                lambda: _status_or_none(other, job_id), lambda s: s is not None and s.finished, timeout=30
+            )
+            assert there is not None
             return here, mine, there, await other.result(job_id)
 
     here, mine, there, result = loop.run(scenario())
