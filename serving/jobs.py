@@ -7,8 +7,8 @@ Two layers. `JobStore` is what the routes use (`admit`, `submit`, `status`, `res
 `cancel`) and what runs the jobs (`finish`, `sweep`, the maintenance loop: cancels, progress,
 heartbeats, expiry); it keeps its state through a handful of storage methods (`_create`,
 `_load`, `_save`, ...), all async, that a backend implements. `DiskJobStore` is the backend
-on a folder every API worker shares; another (a key-value store) is a subclass beside it, and
-the routes do not change.
+on a folder every API worker of one machine shares; `RedisJobStore` (serving/redis_store.py,
+DEEPFAKE_JOB_STORE) the one every replica shares; the routes do not change.
 
 On disk, one folder per job under `root`:
 

@@ -152,7 +152,8 @@ class Settings(BaseSettings):
         "",
         "one client monopolising the service; wrong keys count too",
         description="per-client limits on the guarded routes, e.g. `200/day,50/hour` (the old "
-        "service's); counted per worker process; empty: off",
+        "service's); counted per worker process, or once for every replica with `DEEPFAKE_JOB_STORE`; "
+        "empty: off",
     )
     key_failure_limits: str = limit(
         "30/minute,300/day",
