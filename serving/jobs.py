@@ -474,6 +474,10 @@ class JobStore(abc.ABC):
                 last[name] = now
                 try:
                     await chore()
+                except JobStoreUnavailable as exc:  # an outage (Redis down): said once, no traceback
+                    self._log_once(
+                        f"maintenance:{name}", f"job maintenance ({name}) waits: {exc}", level=logging.WARNING
+                    )
                 except Exception:  # noqa: BLE001 - the loop outlives every error; logged
                     self._log_once(f"maintenance:{name}", f"job maintenance ({name}) failed", exc_info=True)
 
