@@ -29,6 +29,7 @@ from pydantic import SecretStr
 T = TypeVar("T")
 SCHEMES = ("redis", "rediss")
 PREFIX = "deepfake:"  # every key this bundle writes starts with it (one deployment per database)
+MAX_CONNECTIONS = 32  # per worker process: calls are short (one script or a few commands)
 
 
 class RedisUnavailable(ConnectionError):
@@ -109,14 +110,19 @@ class RedisLink:
         if client is None:
             if len(self._clients) > 16:  # loops that are gone (tests make many)
                 self._clients.clear()
-            client = redis.asyncio.Redis.from_url(
+            # A burst of requests waits for a free connection (within the timeout) rather
+            # than failing as an outage would; one quick retry replaces a connection that a
+            # Redis restart closed.
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
                 self._url.get_secret_value(),
+                max_connections=MAX_CONNECTIONS,
+                timeout=self.timeout_s,
                 socket_timeout=self.timeout_s,
                 socket_connect_timeout=self.timeout_s,
                 retry=Retry(NoBackoff(), 1),
-                max_connections=100,
                 decode_responses=False,
             )
+            client = redis.asyncio.Redis(connection_pool=pool)
             self._clients[id(loop)] = client
         return client
 
@@ -140,6 +146,7 @@ class RedisLink:
         for client in clients.values():
             with contextlib.suppress(Exception):  # another loop's client, or already closed
                 await client.aclose()
+                await client.connection_pool.disconnect()
 
 
 def _safe(exc: BaseException) -> str:

@@ -419,6 +419,31 @@ def test_the_rate_limit_is_counted_once_across_replicas(
     assert all(0 < redis_server.client().pttl(k) <= 86400_000 for k in keys)  # gone with their window
 
 
+def test_a_burst_from_two_replicas_is_counted_exactly_and_never_as_an_outage(
+    loop: BackgroundLoop, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Far more requests at once than connections in a replica's pool: they wait for one
+    (within the timeout), none falls back to counting in the process, and the limit lets
+    exactly its count through (the check and the count are one script)."""
+    from serving.redis_link import MAX_CONNECTIONS
+
+    limits = (RateLimit(3 * MAX_CONNECTIONS, 3600),)
+
+    def limiter() -> RedisFixedWindowLimiter:
+        link = RedisLink(redis_server.url, TIMEOUT_S)
+        return RedisFixedWindowLimiter(link, limits, name="rate", fallback=FixedWindowLimiter(limits))
+
+    a, b = limiter(), limiter()
+
+    async def burst() -> list[int | None]:
+        n = 4 * MAX_CONNECTIONS  # per replica
+        return await asyncio.gather(*(x.hit("198.51.100.20") for x in (a, b) for _ in range(n)))
+
+    answers = loop.run(burst())
+    assert sum(r is None for r in answers) == limits[0].count
+    assert not [r for r in caplog.records if "cannot count" in r.getMessage()]
+
+
 def test_a_counter_of_the_wrong_shape_is_counted_from_zero(
     loop: BackgroundLoop, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
