@@ -33,6 +33,7 @@ from serving.errors import ModelUnavailable, NotFound, Overloaded
 from serving.multipart import FormPolicy, Upload, parse_bool, parse_number, read_form
 from serving.observability import configure_logging, metrics
 from serving.pipeline import DetectionPipeline, FaceSettings
+from serving.provenance import ProvenanceReader
 from serving.reports import health_report, model_info_report
 from serving.routes import (
     ERROR_RESPONSES,
@@ -193,9 +194,10 @@ class DeepfakeDetector:
         if SETTINGS.face_detection:
             detector = load_detector(self.detector_name, **self._detector_options())
         faces = FaceSettings(require=SETTINGS.require_face, max_faces=SETTINGS.max_faces)
+        self.provenance = ProvenanceReader(SETTINGS.provenance_options)  # README, "Provenance"
         self.pipeline = DetectionPipeline(
             self.spec, str(self.model_ref.tag), SETTINGS.limits, self._predict, detector, faces,
-            SETTINGS.decode_concurrency, explain=self._explain,
+            SETTINGS.decode_concurrency, explain=self._explain, provenance=self.provenance,
         )  # fmt: skip
         self._init_video()
 
@@ -229,7 +231,7 @@ class DeepfakeDetector:
                 detector_options=self._detector_options(),
             ),
             SETTINGS.video_limits, timeout_s=SETTINGS.video_timeout_s, max_faces=SETTINGS.max_faces,
-            default_frames=SETTINGS.video_frames, explain=self._explain,
+            default_frames=SETTINGS.video_frames, explain=self._explain, provenance=self.provenance,
         )  # fmt: skip
         jobs_dir = Path(SETTINGS.jobs_dir or Path(tempfile.gettempdir()) / "deepfake-video-jobs")
         self.jobs = JobStore(jobs_dir, self._run_job, ttl_s=SETTINGS.job_ttl_s, max_jobs=SETTINGS.max_jobs)

@@ -19,6 +19,7 @@ from modeling.spec import DEFAULT_MODEL_NAME
 from preprocessing import faces, video
 from preprocessing.decode import DecodeLimits
 from serving.access import parse_rate_limits
+from serving.provenance import ProvenanceOptions, load_trust_anchors
 
 ENV_PREFIX = "DEEPFAKE_"
 _LIMITS = DecodeLimits()
@@ -146,6 +147,26 @@ class Settings(BaseSettings):
     )
     job_ttl_s: float = Field(3600.0, gt=0, description="a finished job's result is deleted this long after")
     max_jobs: int = Field(100, gt=0, description="video jobs kept (queued, running and finished)")
+    # Provenance beside the verdict (serving/provenance.py, README "Provenance").
+    provenance: bool = Field(
+        True,
+        description="read each upload's provenance (C2PA Content Credentials, the IPTC digital source "
+        "type in XMP, known watermarks) and report it beside the verdict",
+    )
+    provenance_trust_anchors: str = Field(
+        "",
+        description="a PEM file of the certificate authorities to trust: a valid manifest signed under one "
+        "of them that declares AI generation makes the verdict `likely_fake` (empty: none, nothing is "
+        "trusted, provenance never changes a verdict)",
+    )
+    provenance_remote_manifests: bool = Field(
+        False,
+        description="fetch a C2PA manifest that a file only points to: a request to a URL the uploader "
+        "chose, from the server (off: reported, not fetched)",
+    )
+    provenance_watermarks: bool = Field(
+        True, description="look for the known invisible watermarks in each image's pixels (~2.5 ms an image)"
+    )
     log_format: Literal["json", "text"] = Field(
         "json", description="`json` lines (with `request_id`, `trace_id`) or BentoML's `text`"
     )
@@ -162,6 +183,27 @@ class Settings(BaseSettings):
     def _check_rate_limits(cls, value: str) -> str:
         parse_rate_limits(value)  # raises ValueError with the bad part
         return value
+
+    @field_validator("provenance_trust_anchors")
+    @classmethod
+    def _check_trust_anchors(cls, value: str) -> str:
+        if value:
+            try:
+                load_trust_anchors(value)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"not a readable PEM file of certificates: {exc}") from None
+        return value
+
+    @property
+    def provenance_options(self) -> ProvenanceOptions:
+        return ProvenanceOptions(
+            enabled=self.provenance,
+            trust_anchors=load_trust_anchors(self.provenance_trust_anchors)
+            if self.provenance_trust_anchors
+            else None,
+            remote_manifests=self.provenance_remote_manifests,
+            watermarks=self.provenance_watermarks,
+        )
 
     @property
     def upload_timeout(self) -> float:

@@ -26,6 +26,8 @@ from preprocessing.video import VideoLimits
 from serving.errors import Overloaded, ServiceError
 from serving.observability import record_verdict
 from serving.pipeline import Explain, Predict
+from serving.provenance import Provenance, ProvenanceReader
+from serving.provenance import reason as provenance_reason
 from serving.schemas import Heatmap, TrackFrameResult, TrackResult, VideoResponse, VideoStats, VideoTimings
 from serving.tracks import build_tracks, judge_video, min_track_frames
 from serving.video_worker import (
@@ -61,9 +63,11 @@ class VideoPipeline:
         max_faces: int,
         default_frames: int,
         explain: Explain | None = None,
+        provenance: ProvenanceReader | None = None,
     ) -> None:
         self.spec = spec
         self.explain = explain
+        self.provenance = provenance
         self.model_tag = model_tag
         self.predict = predict
         self.pool = pool
@@ -121,12 +125,20 @@ class VideoPipeline:
                 progress(update.done, update.total)
 
         self._waiting += 1
+        # The file's Content Credentials are read in a thread while the decoder process works (the
+        # open file outlives its deletion by the caller, on an error answer).
+        provenance = (
+            asyncio.ensure_future(asyncio.to_thread(self.provenance.read_video, path))
+            if self.provenance is not None
+            else None
+        )
         try:
             pool = await self._pool()
             analysis = await pool.analyze(
                 path, request, timeout_s=timeout_s or self.timeout_s, progress=arrived
             )
             raw = [float(r) for batch in await asyncio.gather(*scoring) for r in batch]
+            declared = await provenance if provenance is not None else None
         except VideoWorkerError as exc:
             if "exited" in str(exc):
                 raise VideoDecodeFailed() from None
@@ -135,7 +147,7 @@ class VideoPipeline:
             self._waiting -= 1
             for task in scoring:
                 task.cancel()
-        response = self._response(analysis, raw, started, model_s)
+        response = self._response(analysis, raw, started, model_s, declared)
         if explain and response.tracks:
             await self._explain_tracks(analysis, response)
         record_verdict("detect_video", response.verdict, len(response.tracks))
@@ -162,7 +174,12 @@ class VideoPipeline:
             track.heatmap_time = best.time
 
     def _response(
-        self, analysis: VideoAnalysis, raw: list[float], started: float, model_s: float
+        self,
+        analysis: VideoAnalysis,
+        raw: list[float],
+        started: float,
+        model_s: float,
+        provenance: Provenance | None = None,
     ) -> VideoResponse:
         spec = self.spec
         # Each crop's served P(fake) (decision at 0.5), as images are judged.
@@ -213,23 +230,27 @@ class VideoPipeline:
             )
             for track in tracks
         ]
+        why = provenance_reason(provenance)
         common = {
             "processing_time": time.perf_counter() - started, "model_tag": self.model_tag,
             "track_count": len(results), "video": video, "timings": timings, "tracks": results,
+            "provenance": provenance, "reason": why,
         }  # fmt: skip
         if judged is None:  # no face seen long enough (in `need` samples) to judge the video by
             return VideoResponse(
-                prediction="real", confidence=0.5, fake_probability=None, verdict="no_face",
+                prediction="fake" if why else "real", confidence=1.0 if why else 0.5, fake_probability=None,
+                verdict="likely_fake" if why else "no_face", model_verdict="no_face",
                 face_detected=False, fake_tracks=0, **common,
             )  # fmt: skip
         deciding = next(v for v in judged.tracks if v.track.track_id == judged.deciding_track_id)
         logit = math.log(max(deciding.p_fake, 1e-7) / max(1.0 - deciding.p_fake, 1e-7))
         image = spec.judge_logit(logit - spec.group_shift(judged.counted))
         return VideoResponse(
-            prediction=image.prediction,
-            confidence=image.confidence,
+            prediction="fake" if why else image.prediction,
+            confidence=1.0 if why else image.confidence,
             fake_probability=image.fake_probability,
-            verdict=image.verdict,
+            verdict="likely_fake" if why else image.verdict,
+            model_verdict=image.verdict,
             face_detected=True,
             fake_tracks=sum(r.prediction == "fake" and r.counted for r in results),
             **common,
