@@ -121,7 +121,7 @@ class XmpClaim(BaseModel):
 class WatermarkFinding(BaseModel):
     name: str = Field(description="Whose watermark, e.g. `stable_diffusion_v1`")
     method: str = Field(description="How it was read")
-    agreement: float = Field(description="Share of the watermark's bits that read back (found from 0.85)")
+    agreement: float = Field(description="Share of the watermark's bits that read back (found from 0.8)")
 
 
 class Provenance(BaseModel):
@@ -320,21 +320,30 @@ def credentials_from_store(store: dict[str, Any], crjson: dict[str, Any]) -> Con
     )
 
 
-_XMP_SOURCE_TYPE = re.compile(
-    rb"[\w.-]{1,40}:DigitalSourceType\s*(?:=\s*[\"']([^\"'<>]{1,512})[\"']"
+_XMP_VALUE = re.compile(
+    rb"DigitalSourceType\s*(?:=\s*[\"']([^\"'<>]{1,512})[\"']"
     rb"|>\s*([^<>\s]{1,512})\s*<"
     rb"|\s+rdf:resource\s*=\s*[\"']([^\"'<>]{1,512})[\"'])"
 )
+_XMP_NAME = b"DigitalSourceType"
 
 
 def xmp_source_type(packet: bytes) -> XmpClaim | None:
-    """The IPTC `DigitalSourceType` in an XMP packet (attribute, element or rdf:resource form);
-    no XML parser: a bounded pattern over the packet's bytes."""
-    match = _XMP_SOURCE_TYPE.search(packet)
-    if not match:
-        return None
-    value = next(group for group in match.groups() if group).decode("utf-8", "replace").strip()
-    return XmpClaim(digital_source_type=value[:MAX_TEXT], ai=classify(value))
+    """The IPTC `DigitalSourceType` in an XMP packet (attribute, element or rdf:resource form, any
+    namespace prefix); no XML parser: the name found as bytes, a bounded pattern from there."""
+    at = packet.find(_XMP_NAME)
+    for _ in range(MAX_LISTED):
+        if at < 1 or packet[at - 1 : at] != b":":  # a prefixed name (`Iptc4xmpExt:`), not text
+            at = packet.find(_XMP_NAME, at + 1) if at >= 0 else -1
+            if at < 0:
+                return None
+            continue
+        match = _XMP_VALUE.match(packet, at)
+        if match:
+            value = next(group for group in match.groups() if group).decode("utf-8", "replace").strip()
+            return XmpClaim(digital_source_type=value[:MAX_TEXT], ai=classify(value))
+        at = packet.find(_XMP_NAME, at + 1)
+    return None
 
 
 def _xmp_packet(info: dict[str, Any]) -> bytes | None:
@@ -454,10 +463,7 @@ class ProvenanceReader:
         elif decoded.width * decoded.height < watermark.MIN_SIDE_PIXELS:
             not_checked["watermark"] = "the image is too small to carry the watermark (under 256 x 256)"
         else:
-            top = decoded.crop(
-                (0, 0, decoded.width, min(decoded.height, watermark.rows_needed(decoded.width)))
-            )
-            found = watermark.find_watermarks(np.asarray(top)) if top.height * top.width else []
+            found = watermark.find_watermarks(np.asarray(decoded))
             checked.append("watermark")
         return self._provenance(credentials, xmp, found, checked, not_checked)
 
