@@ -92,7 +92,7 @@ def block_bits(rgb: np.ndarray, max_blocks: int = MAX_BLOCKS) -> tuple[np.ndarra
     wanted = min(total_rows, -(-max_blocks // per_row))
     rows = np.unique(np.linspace(0, total_rows - 1, wanted).round().astype(np.int64))
     pixel_rows = (rows[:, None] * 2 * BLOCK + np.arange(2 * BLOCK)[None, :]).reshape(-1)
-    u = u_plane(rgb[pixel_rows, :width])
+    u = u_plane(rgb[pixel_rows, : per_row * 2 * BLOCK])  # the blocks' columns; the method drops the rest
     ll = (u[0::2, 0::2] + u[1::2, 0::2] + u[0::2, 1::2] + u[1::2, 1::2]) / 2.0
     blocks = ll.reshape(len(rows), BLOCK, per_row, BLOCK).transpose(0, 2, 1, 3).reshape(-1, BLOCK * BLOCK)
     strongest = np.argmax(np.abs(blocks[:, 1:]), axis=1) + 1

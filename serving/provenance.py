@@ -463,8 +463,13 @@ class ProvenanceReader:
         elif decoded.width * decoded.height < watermark.MIN_SIDE_PIXELS:
             not_checked["watermark"] = "the image is too small to carry the watermark (under 256 x 256)"
         else:
-            found = watermark.find_watermarks(np.asarray(decoded))
-            checked.append("watermark")
+            try:
+                found = watermark.find_watermarks(np.asarray(decoded))
+                checked.append("watermark")
+            except Exception:  # noqa: BLE001 - a fault of ours: logged, said, never a failed request
+                logger.exception("watermark reader failed on a %dx%d image", *decoded.size)
+                not_checked["watermark"] = "the watermark reader failed on this image (logged)"
+
         return self._provenance(credentials, xmp, found, checked, not_checked)
 
     def read_video(self, path: Path) -> Provenance:

@@ -132,3 +132,12 @@ def test_a_large_jpeg_decoded_at_reduced_scale_says_so(app: TestClient) -> None:
     assert (
         "reduced scale" in provenance["not_checked"]["watermark"] and "watermark" not in provenance["checked"]
     )
+
+
+@pytest.mark.parametrize("size", [(256, 256), (300, 257), (257, 1000), (1001, 333), (4099, 260)])
+def test_any_size_is_read(size: tuple[int, int]) -> None:
+    """Sides that are no multiple of the block grid: the method drops the remainder, so do we."""
+    rgb = np.asarray(Image.open(SOURCE).convert("RGB").resize(size))
+    assert watermark.find_watermarks(rgb) == []
+    slots, bits = watermark.block_bits(rgb, max_blocks=1 << 30)
+    assert len(slots) == len(bits) == (size[1] // 4 * 4 // 8) * (size[0] // 4 * 4 // 8)
