@@ -631,7 +631,8 @@ function credentialsWords(c2pa, stateName) {
       );
     case 'invalid': {
       const why = (c2pa.failures && c2pa.failures.length ? c2pa.failures.join(', ') : c2pa.error) || 'unreadable';
-      return `Content Credentials: invalid (${why}): not to be relied on.`;
+      const claimed = signer.subject ? ` They say they are ${who}${issuer}.` : '';
+      return `Content Credentials: invalid (${why}): not to be relied on.${claimed}`;
     }
     default:
       return '';
