@@ -17,6 +17,8 @@ certificates (made with `cryptography`, to the C2PA certificate profile), and fi
   xmp_claim.jpg             no manifest: only XMP saying trainedAlgorithmicMedia (unsigned)
   no_face_ai.jpg            a photo without a face, signed AI-generated under the trusted CA
   deep_ingredients.jpg      a chain of `depth` edits, each opening the previous file
+  many_manifests.jpg        a composite of `wide` signed photos (componentOf ingredients): a
+                            store of wide + 1 manifests
 
 The C2PA certificate profile (C2PA 2.x, "Certificate profile"): X.509 v3; ECDSA P-256 with
 SHA-256 (ES256); the end entity is no CA, has keyUsage digitalSignature (critical), an
@@ -238,7 +240,27 @@ class ProvenanceFiles:
         return self.folder / name
 
 
-def make_provenance_files(folder: Path, depth: int = 12) -> ProvenanceFiles:
+def composite(data: bytes, credential: Credential, parts: list[bytes]) -> bytes:
+    """`data` signed as a composite of `parts` (each a signed photo, a componentOf ingredient)."""
+    import c2pa
+
+    context = c2pa.Context.from_dict({"builder": {"thumbnail": {"enabled": False}}})
+    signer = c2pa.Signer.from_info(
+        c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, credential.chain, credential.key, None)
+    )
+    manifest = {"claim_generator_info": [{"name": "TestComposer", "version": "1"}],
+                "assertions": [actions(("c2pa.created", "compositeCapture"))]}  # fmt: skip
+    with c2pa.Builder(manifest, context=context) as builder:
+        for i, part in enumerate(parts):
+            builder.add_ingredient(
+                {"title": f"part {i}", "relationship": "componentOf"}, "image/jpeg", io.BytesIO(part)
+            )
+        out = io.BytesIO()
+        builder.sign(signer, "image/jpeg", io.BytesIO(data), out)
+    return out.getvalue()
+
+
+def make_provenance_files(folder: Path, depth: int = 12, wide: int = 33) -> ProvenanceFiles:
     folder.mkdir(parents=True, exist_ok=True)
     trusted = make_credential("Provenance Test Root CA", "Test Image Generator", "Provenance Tests")
     untrusted = make_credential("Unlisted Root CA", "Unlisted Generator", "Somebody Else")
@@ -277,6 +299,10 @@ def make_provenance_files(folder: Path, depth: int = 12) -> ProvenanceFiles:
             parent=(chain, "image/jpeg"),
         )  # fmt: skip
     files["deep_ingredients.jpg"] = chain
+    parts = [
+        sign(photo, "image/jpeg", trusted, [actions(("c2pa.created", "digitalCapture"))]) for _ in range(wide)
+    ]
+    files["many_manifests.jpg"] = composite(photo, trusted, parts)  # each part its own manifest
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return ProvenanceFiles(folder, trusted, untrusted)

@@ -264,6 +264,21 @@ def test_a_remote_manifest_is_not_fetched_unless_the_operator_says_so(files: Pro
         server.shutdown()
 
 
+def test_a_store_of_too_many_manifests_is_not_handed_to_the_library(
+    reader: ProvenanceReader, files: ProvenanceFiles
+) -> None:
+    """Each manifest costs the library milliseconds to validate: a store past the bound is said
+    present and not validated, never trusted (the deep chain, 13 manifests, is validated)."""
+    from serving.provenance import MAX_MANIFESTS
+
+    c2pa = timed_read(reader, files["many_manifests.jpg"].read_bytes()).c2pa
+    assert c2pa is not None and (c2pa.present, c2pa.valid, c2pa.trusted) == (True, None, False)
+    held = files["many_manifests.jpg"].read_bytes().count(b"c2pa.signature\x00")
+    assert held > MAX_MANIFESTS and c2pa.error == (
+        f"not validated: the file holds {held} manifests, over the {MAX_MANIFESTS} this server validates"
+    )
+
+
 def test_hostile_manifests_are_invalid_never_an_error(
     reader: ProvenanceReader, files: ProvenanceFiles
 ) -> None:
