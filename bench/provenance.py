@@ -13,7 +13,8 @@ own CA (tests/provenance_fixtures.py), a 1024 x 1024 PNG (a generator's output s
 of the default model started side by side (DEEPFAKE_PROVENANCE=true / false, nothing else
 different), then closed-loop detect load (bench/http_load.py) on each in turn, alternating
 which goes first each round, on the same image mix (the fixture photos and the signed files).
-Prints each run and the median requests/s of each, and their ratio.
+Prints each run, the median requests/s of each and their ratio, and the median CPU time the
+API process spent per request (where the reading happens) with provenance on and off.
 
 A script, not a test: the numbers depend on the machine and on what else runs on it.
 """
@@ -114,6 +115,7 @@ def bench_http(rounds: int, requests: int, concurrency: int) -> None:
     default, _ = ensure_models()
     common = {"DEEPFAKE_MODEL_TAG": default, "DEEPFAKE_PROVENANCE_TRUST_ANCHORS": str(folder / "trust.pem")}
     rps: dict[str, list[float]] = {"on": [], "off": []}
+    api_cpu: dict[str, list[float]] = {"on": [], "off": []}  # API process CPU ms per request
     with (
         Server({**common, "DEEPFAKE_PROVENANCE": "true"}) as on,
         Server({**common, "DEEPFAKE_PROVENANCE": "false"}) as off,
@@ -126,6 +128,7 @@ def bench_http(rounds: int, requests: int, concurrency: int) -> None:
             for name in order:
                 result = asyncio.run(run(servers[name].url, "detect", concurrency, requests, 0, mix))
                 rps[name].append(result.rps)
+                api_cpu[name].append(result.cpu_ms_per_request.get("api", float("nan")))
                 print(
                     f"round {round_ + 1} provenance {name:3s}: {result.rps:6.2f} req/s "
                     f"p50 {result.p50_ms} ms p99 {result.p99_ms} ms statuses {result.statuses} "
@@ -137,6 +140,11 @@ def bench_http(rounds: int, requests: int, concurrency: int) -> None:
         f"\nmedian of {rounds} rounds, c={concurrency}, {requests} requests each, {len(mix)} images: "
         f"on {on_rps:.2f} req/s, off {off_rps:.2f} req/s, on/off {on_rps / off_rps:.3f} "
         f"({(on_rps / off_rps - 1) * 100:+.1f} %)"
+    )
+    on_cpu, off_cpu = statistics.median(api_cpu["on"]), statistics.median(api_cpu["off"])
+    print(
+        f"API process CPU per request (decode, faces, provenance; less sensitive than req/s to what else "
+        f"runs on the machine): on {on_cpu:.1f} ms, off {off_cpu:.1f} ms ({on_cpu - off_cpu:+.1f} ms)"
     )
 
 

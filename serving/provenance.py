@@ -40,6 +40,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from preprocessing import watermark
+from preprocessing.decode import ALLOWED_FORMATS
 
 logger = logging.getLogger("deepfake")
 
@@ -49,6 +50,20 @@ IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
 GENERATED = frozenset({"trainedAlgorithmicMedia", "algorithmicMedia"})
 EDITED = frozenset({"compositeWithTrainedAlgorithmicMedia", "compositeSynthetic"})
 AiDeclaration = Literal["generated", "edited"]
+
+# The extended key usages a signer's certificate may carry (the C2PA certificate profile:
+# id-kp-emailProtection, id-kp-documentSigning, c2pa-kp-claimSigning; Microsoft's C2PA signing
+# OID; id-kp-timeStamping and id-kp-OCSPSigning for the time-stamp and OCSP certificates in the
+# chains), as the C2PA library's own earlier default list had them. This version of the
+# library, left to itself, accepts only the first: a documentSigning signer read "invalid".
+SIGNER_EKUS = (
+    "1.3.6.1.5.5.7.3.4",  # id-kp-emailProtection
+    "1.3.6.1.5.5.7.3.36",  # id-kp-documentSigning
+    "1.3.6.1.4.1.62558.2.1",  # c2pa-kp-claimSigning
+    "1.3.6.1.4.1.311.76.59.1.9",  # Microsoft C2PA signing
+    "1.3.6.1.5.5.7.3.8",  # id-kp-timeStamping
+    "1.3.6.1.5.5.7.3.9",  # id-kp-OCSPSigning
+)
 
 # Bounds on what one manifest store can make the server do and send back. The library validates
 # every manifest of a store (its ingredients' too), a few milliseconds each: a 10 MB upload can
@@ -411,8 +426,9 @@ class ProvenanceReader:
         }
         if not options.remote_manifests:
             settings["core"]["allowed_network_hosts"] = []  # and no host is allowed either
+        settings["trust"] = {"trust_config": "\n".join(SIGNER_EKUS) + "\n"}
         if options.trust_anchors:
-            settings["trust"] = {"trust_anchors": options.trust_anchors}
+            settings["trust"]["trust_anchors"] = options.trust_anchors
         return settings
 
     def off(self, why: str) -> Provenance:
@@ -450,7 +466,23 @@ class ProvenanceReader:
 
     def read_image(self, data: bytes, decoded: Image.Image | None = None) -> Provenance:
         """The provenance of an image upload; `decoded`: the upright RGB image the pipeline
-        decoded from it (for the watermark, which needs it at its stored size)."""
+        decoded from it (for the watermark, which needs it at its stored size). Never raises."""
+        try:
+            return self._read_image(data, decoded)
+        except Exception:  # noqa: BLE001 - a fault of ours: logged, said, never a failed request
+            logger.exception("the provenance reader failed on an image")
+            return self.off("the provenance reader failed on this file (logged)")
+
+    def read_video(self, path: Path) -> Provenance:
+        """The provenance of a video file: Content Credentials of MP4/MOV (ISO BMFF, the C2PA
+        `uuid` box) and AVI; XMP and watermarks are for images. Never raises."""
+        try:
+            return self._read_video(path)
+        except Exception:  # noqa: BLE001 - as read_image
+            logger.exception("the provenance reader failed on a video")
+            return self.off("the provenance reader failed on this file (logged)")
+
+    def _read_image(self, data: bytes, decoded: Image.Image | None) -> Provenance:
         if not self.options.enabled:
             return self.off("provenance is off on this server (DEEPFAKE_PROVENANCE=false)")
         kind = next(
@@ -496,9 +528,7 @@ class ProvenanceReader:
 
         return self._provenance(credentials, xmp, found, checked, not_checked)
 
-    def read_video(self, path: Path) -> Provenance:
-        """The provenance of a video file: Content Credentials of MP4/MOV (ISO BMFF, the C2PA
-        `uuid` box) and AVI; XMP and watermarks are for images."""
+    def _read_video(self, path: Path) -> Provenance:
         if not self.options.enabled:
             return self.off("provenance is off on this server (DEEPFAKE_PROVENANCE=false)")
         not_checked = {"xmp": "not read from videos", "watermark": "not read from video frames"}
@@ -526,7 +556,7 @@ class ProvenanceReader:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return Image.open(io.BytesIO(data))
+                return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)  # the header only
         except Exception:  # noqa: BLE001 - decode_upload has judged the upload; no header, no XMP
             return None
 

@@ -85,12 +85,15 @@ def _key_usage(*, sign: bool, ca: bool) -> Any:
     )  # fmt: skip
 
 
-def make_credential(ca_name: str, signer_name: str, org: str) -> Credential:
-    """A test CA and an end-entity signing certificate under it, to the C2PA profile."""
+EMAIL_PROTECTION = "1.3.6.1.5.5.7.3.4"
+
+
+def make_credential(ca_name: str, signer_name: str, org: str, eku: str = EMAIL_PROTECTION) -> Credential:
+    """A test CA and an end-entity signing certificate under it, to the C2PA profile, whose
+    extended key usage is `eku` (an OID)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -121,7 +124,7 @@ def make_credential(ca_name: str, signer_name: str, org: str) -> Credential:
         .not_valid_after(now + datetime.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(sign=True, ca=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.ObjectIdentifier(eku)]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False

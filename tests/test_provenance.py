@@ -41,6 +41,7 @@ from tests.provenance_fixtures import (
     actions,
     hostile_images,
     hostile_video,
+    make_credential,
     make_provenance_files,
     sign,
     sign_video,
@@ -162,6 +163,32 @@ def test_an_ai_image_edited_by_a_trusted_editor_keeps_its_history(
     c2pa = timed_read(reader, cropped).c2pa
     assert c2pa is not None and (c2pa.trusted, c2pa.ai, c2pa.ingredients_ai) == (True, None, "generated")
     assert not timed_read(reader, cropped).decides  # the active manifest itself declares no generation
+
+
+@pytest.mark.parametrize(
+    "eku", ["1.3.6.1.5.5.7.3.36", "1.3.6.1.4.1.62558.2.1"], ids=["documentSigning", "c2pa-claimSigning"]
+)
+def test_the_other_signer_profiles_the_specification_allows(eku: str) -> None:
+    """Signers whose certificates carry the C2PA profile's other extended key usages are
+    trusted under their CA (this library version alone reads them "invalid": SIGNER_EKUS).
+    Signed without the library's own check after signing, which uses its default list."""
+    import c2pa
+
+    credential = make_credential("EKU Test CA", "EKU Signer", "EKU Tests", eku=eku)
+    context = c2pa.Context.from_dict(
+        {"builder": {"thumbnail": {"enabled": False}}, "verify": {"verify_after_sign": False}}
+    )
+    signer = c2pa.Signer.from_info(
+        c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, credential.chain, credential.key, None)
+    )
+    with c2pa.Builder(
+        {"assertions": [actions(("c2pa.created", "trainedAlgorithmicMedia"))]}, context=context
+    ) as builder:
+        out = io.BytesIO()
+        builder.sign(signer, "image/jpeg", io.BytesIO(FACE_PHOTO.read_bytes()), out)
+    reader = ProvenanceReader(ProvenanceOptions(trust_anchors=credential.ca_pem.decode()))
+    provenance = reader.read_image(out.getvalue())
+    assert provenance.c2pa is not None and (provenance.c2pa.trusted, provenance.decides) == (True, True)
 
 
 def test_without_a_trust_list_nothing_is_trusted(files: ProvenanceFiles) -> None:
