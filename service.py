@@ -3,9 +3,11 @@
 Two services. `FaceClassifier` holds the network and runs it on adaptive batches;
 `DeepfakeDetector` is the public API: it reads uploads under its own policy, finds and crops the
 faces, sends uint8 crops to the classifier (requests from many clients merge into one batch)
-and answers in the legacy shape. The legacy routes live on the mounted app (`serving/routes.py`);
-the Python client's routes are `@bentoml.api` methods over the same pipeline; the HTTP edge
-(caps, deadlines, CORS, request ids, errors) is in `serving/edge.py`.
+and answers in the legacy shape. Every public route is a row of the route table
+(`serving/routes.py`): the legacy routes are methods on the mounted app, the Python client's
+are `@bentoml.api` methods over the same pipeline, each one line here; the HTTP edge (caps,
+deadlines, CORS, request ids, the key, limits, errors) is `serving/edge.py`'s, made from the
+same table.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +22,21 @@ import aiohttp
 import bentoml
 import numpy as np
 from fastapi import Request
-from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
 from modeling.spec import DETECTOR_FILES_NAME, ModelSpec
 from preprocessing.errors import InputError
-from serving.access import AccessMiddleware
+from serving.access import CLIENT_KEY
 from serving.bentoml_adapter import use_greedy_batching
-from serving.edge import ClientRoutePolicy, EdgeMiddleware, RequestIdMiddleware
-from serving.errors import ModelUnavailable, NotFound, Overloaded
-from serving.multipart import FormPolicy, Upload, parse_bool, parse_number, read_form
+from serving.edge import install
+from serving.errors import ModelUnavailable, NotFound, Overloaded, QuotaExceeded
+from serving.forms import form_kinds
+from serving.multipart import Upload, read_form
 from serving.observability import configure_logging, metrics
 from serving.pipeline import DetectionPipeline, FaceSettings
 from serving.provenance import ProvenanceReader
-from serving.reports import health_report, model_info_report
-from serving.routes import (
-    ERROR_RESPONSES,
-    EXPLAIN,
-    FPS,
-    FRAMES,
-    REQUIRE_FACE,
-    add_docs_and_fallback,
-    answer,
-    answer_json,
-    form_body,
-    make_app,
-)
+from serving.reports import health_report, health_response, job_report, model_info_report
+from serving.routes import ROUTES, answer, answer_json, app_route, finish_app, make_app
 from serving.schemas import (
     AugmentedResponse,
     DetectResponse,
@@ -60,7 +50,6 @@ from serving.schemas import (
 )
 from serving.settings import get_settings
 from serving.shutdown import stop_when_idle
-from serving.ui import add_ui
 
 logger = logging.getLogger("deepfake")
 SETTINGS = get_settings()
@@ -73,16 +62,8 @@ RETRYABLE = (ConnectionError, TimeoutError, aiohttp.ClientConnectionError)
 # BentoML's own request timeout stays behind the edge's, so the edge's legacy 504 comes first.
 BACKSTOP_TIMEOUT_S = SETTINGS.request_timeout_s + 10
 http = make_app()
-IMAGE_FORM = FormPolicy(
-    max_file_bytes=SETTINGS.max_upload_bytes, fields=frozenset({"require_face", "explain"})
-)
-# Videos stream to a temp file as they arrive (the decoder process reads it from there).
-VIDEO_FORM = FormPolicy(
-    max_file_bytes=SETTINGS.video_max_bytes,
-    fields=frozenset({"frames", "fps", "explain"}),
-    spool_dir=Path(tempfile.gettempdir()),
-)
-VIDEO_PATHS = ("/api/v1/detect/video", "/api/v1/detect/video/jobs", "/detect_video")
+# The image and video forms (videos are spooled to the temp dir as they arrive).
+FORMS = form_kinds(SETTINGS, Path(tempfile.gettempdir()))
 
 
 @bentoml.service(
@@ -104,9 +85,11 @@ class FaceClassifier:
         self.classifier: Classifier | None = None
         self.explainer: Any = None  # built by the first heatmap asked for (a traced gradient pass)
         self.last_call = time.monotonic()
-        try:
-            self.classifier = Classifier.load(Path(self.model_ref.path), self.spec)  # loads and warms up
-        except Exception as exc:  # noqa: BLE001 - reported by health, not a crash loop
+        try:  # loads and warms up
+            self.classifier = Classifier.load(
+                Path(self.model_ref.path), self.spec, trust_code=SETTINGS.trust_model_code
+            )
+        except Exception as exc:  # noqa: BLE001 - reported by health (generically), not a crash loop
             self.error = f"model {self.model_ref.tag} failed to load: {type(exc).__name__}: {exc}"
             logger.error(self.error)
 
@@ -164,7 +147,7 @@ class FaceClassifier:
     def describe(self) -> ModelDescription:
         if self.classifier is None:
             raise bentoml.exceptions.InternalServerError(self.error or "model not loaded")
-        return ModelDescription(**self.classifier.describe(), path=str(self.model_ref.path))
+        return ModelDescription(**self.classifier.describe(), path=str(self.model_ref.tag))  # no paths
 
 
 @bentoml.service(
@@ -218,23 +201,32 @@ class DeepfakeDetector:
         }
 
     def _init_video(self) -> None:
-        from serving.jobs import JobStore
+        from serving.jobs import DiskJobStore
         from serving.video_pipeline import VideoPipeline
         from serving.video_worker import VideoWorkerPool
 
-        # The decoder processes start with the first video (a server that sees none keeps the memory).
-        self.videos = VideoPipeline(
-            self.spec, str(self.model_ref.tag), self._predict,
-            VideoWorkerPool(
-                SETTINGS.video_concurrency,
-                detector=self.detector_name if SETTINGS.face_detection else None,
-                detector_options=self._detector_options(),
-            ),
-            SETTINGS.video_limits, timeout_s=SETTINGS.video_timeout_s, max_faces=SETTINGS.max_faces,
-            default_frames=SETTINGS.video_frames, explain=self._explain, provenance=self.provenance,
-        )  # fmt: skip
+        def pipeline(concurrency: int, timeout_s: float) -> VideoPipeline:
+            return VideoPipeline(
+                self.spec, str(self.model_ref.tag), self._predict,
+                VideoWorkerPool(
+                    concurrency,
+                    detector=self.detector_name if SETTINGS.face_detection else None,
+                    detector_options=self._detector_options(),
+                ),
+                SETTINGS.video_limits, timeout_s=timeout_s, max_faces=SETTINGS.max_faces,
+                default_frames=SETTINGS.video_frames, explain=self._explain, provenance=self.provenance,
+            )  # fmt: skip
+
+        # Decoder processes of their own for the synchronous route and for the jobs, so that
+        # neither can starve the other; each pool starts with its first video.
+        self.videos = pipeline(SETTINGS.video_concurrency, SETTINGS.video_timeout_s)
+        self.job_videos = pipeline(SETTINGS.job_concurrency, SETTINGS.job_timeout_s)
         jobs_dir = Path(SETTINGS.jobs_dir or Path(tempfile.gettempdir()) / "deepfake-video-jobs")
-        self.jobs = JobStore(jobs_dir, self._run_job, ttl_s=SETTINGS.job_ttl_s, max_jobs=SETTINGS.max_jobs)
+        self.jobs = DiskJobStore(
+            jobs_dir, self._run_job, ttl_s=SETTINGS.job_ttl_s, max_jobs=SETTINGS.max_jobs,
+            max_per_client=SETTINGS.max_jobs_per_client, max_queued_bytes=SETTINGS.jobs_max_bytes,
+            max_running=SETTINGS.job_concurrency,
+        )  # fmt: skip
 
     @bentoml.on_startup
     async def _start_jobs(self) -> None:
@@ -245,6 +237,7 @@ class DeepfakeDetector:
         self.pipeline.close()
         await self.jobs.close()
         await self.videos.close()
+        await self.job_videos.close()
 
     async def _predict(self, batch: np.ndarray) -> np.ndarray:
         return await self._model_call("predict", batch)
@@ -278,8 +271,7 @@ class DeepfakeDetector:
             return ModelStatus(ready=False, error=f"model service unreachable: {type(exc).__name__}")
 
     async def _health(self) -> HealthResponse:
-        status = await self._model_status()
-        return health_report(status.ready, status.error)
+        return health_report((await self._model_status()).ready)
 
     async def _model_info(self) -> ModelInfoResponse:
         try:
@@ -290,25 +282,21 @@ class DeepfakeDetector:
         return model_info_report(self.spec, str(self.model_ref.tag), described)
 
     async def _from_form(self, request: Request, route: str) -> DetectResponse | AugmentedResponse:
-        upload = await read_form(request.headers.raw, request.receive, IMAGE_FORM)
-        asked = parse_bool("require_face", upload.fields.get("require_face"))
-        explain = parse_bool("explain", upload.fields.get("explain")) or False
+        upload = await read_form(request.headers.raw, request.receive, FORMS["image"].policy)
+        fields = FORMS["image"].parse(upload.fields)
         run = self.pipeline.detect if route == "detect" else self.pipeline.detect_augmented
         # The legacy routes: no face is a 422 unless asked or set otherwise (FaceSettings.required).
-        return await run(upload.read(), self.pipeline.faces.required(asked, legacy=True), explain)
+        required = self.pipeline.faces.required(fields["require_face"], legacy=True)
+        return await run(upload.read(), required, fields["explain"])
 
     async def _video_form(self, request: Request) -> tuple[Upload, dict[str, Any]]:
-        upload = await read_form(request.headers.raw, request.receive, VIDEO_FORM)
+        """The upload and its fields, every combination checked before any work starts."""
+        upload = await read_form(request.headers.raw, request.receive, FORMS["video"].policy)
         try:
-            frames = parse_number("frames", upload.fields.get("frames"), int, 1, 100_000)
-            fps = parse_number("fps", upload.fields.get("fps"), float, 0.001, 240)
-            explain = parse_bool("explain", upload.fields.get("explain")) or False
+            return upload, FORMS["video"].parse(upload.fields)
         except BaseException:
             upload.discard()
             raise
-        # A request for more frames than the cap gets the cap (`video.frames_sampled` says so).
-        frames = None if frames is None else min(int(frames), SETTINGS.video_max_frames)
-        return upload, {"frames": frames, "fps": fps, "explain": explain}
 
     async def _detect_video(self, request: Request) -> VideoResponse:
         upload, params = await self._video_form(request)
@@ -319,214 +307,115 @@ class DeepfakeDetector:
             upload.discard()
 
     async def _run_job(self, path: Path, params: dict[str, Any], progress: Any) -> dict[str, Any]:
-        result = await self.videos.detect(path, **params, progress=progress, timeout_s=SETTINGS.job_timeout_s)
+        result = await self.job_videos.detect(path, **params, progress=progress)
         return result.model_dump(mode="json")
 
     async def _submit_job(self, request: Request) -> JobResponse:
-        from serving.jobs import JobStoreFull
+        from serving.jobs import JobQuotaExceeded, JobStoreFull, JobStoreUnavailable
 
-        upload, params = await self._video_form(request)
-        assert upload.path is not None
+        client = request.scope.get(CLIENT_KEY, "")
         try:
-            job_id = await self.jobs.submit(upload.path, params)
-        except JobStoreFull:
+            await self.jobs.admit(client)  # quota and room, before the upload is read
+            upload, params = await self._video_form(request)
+            assert upload.path is not None
+            job_id = await self.jobs.submit(upload.path, params, client=client)
+        except JobQuotaExceeded:
+            raise QuotaExceeded() from None
+        except (JobStoreFull, JobStoreUnavailable):
             raise Overloaded("Too many video jobs are queued or running; retry later") from None
         return await self._job(job_id)
 
-    async def _job(self, job_id: str) -> JobResponse:
+    async def _job(self, job_id: str, cancel: bool = False) -> JobResponse:
         from serving.jobs import JobNotFound
 
         try:
-            status = self.jobs.status(job_id)
-            result = self.jobs.result(job_id) if status.state == "done" else None
+            status = await (self.jobs.cancel(job_id) if cancel else self.jobs.status(job_id))
+            result = await self.jobs.result(job_id) if status.state == "done" else None
         except JobNotFound:
             raise NotFound("No such video job (or its result has expired)") from None
+        return job_report(status, result)
 
-        def when(seconds: float | None) -> str | None:
-            return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
-
-        error = status.error
-        return JobResponse(
-            job_id=status.job_id,
-            state=status.state,
-            frames_done=status.done,
-            frames_total=status.total,
-            created_at=when(status.created_at) or "",
-            finished_at=when(status.finished_at),
-            expires_at=when(status.expires_at),
-            error=ErrorResponse(
-                error=error["message"], error_code=error["code"], timestamp=when(status.finished_at) or ""
-            )
-            if error
-            else None,
-            result=VideoResponse.model_validate(result) if result is not None else None,
-        )
-
-    async def _cancel_job(self, job_id: str) -> JobResponse:
-        from serving.jobs import JobNotFound
-
-        try:
-            await self.jobs.cancel(job_id)
-        except JobNotFound:
-            raise NotFound("No such video job (or its result has expired)") from None
-        return await self._job(job_id)
-
-    # ---- The legacy routes, as the old backend served them (multipart field `file`).
-    @http.post(
-        "/api/v1/detect/",
-        response_model=DetectResponse,
-        responses=ERROR_RESPONSES,
-        openapi_extra=form_body({"require_face": REQUIRE_FACE, "explain": EXPLAIN}),
-        summary="Judge every face in one image",
-    )
-    @http.post("/api/v1/detect", include_in_schema=False)
+    # ---- The legacy routes, as the old backend served them (multipart field `file`); each
+    # route's path, methods, form and guard are its row of the route table (serving/routes.py).
+    @app_route(http, "detect", response_model=DetectResponse, summary="Judge every face in one image")
     async def legacy_detect(self, request: Request) -> Response:
         """The image is judged by its faces: its most-fake face decides."""
         return await answer_json(self._from_form(request, "detect"), "POST /api/v1/detect/")
 
-    @http.post(
-        "/api/v1/detect/augmented",
-        response_model=AugmentedResponse,
-        responses=ERROR_RESPONSES,
-        openapi_extra=form_body({"require_face": REQUIRE_FACE, "explain": EXPLAIN}),
-        summary="Judge seven test-time variants of every face, and vote",
+    @app_route(
+        http, "augmented", response_model=AugmentedResponse, summary="Judge seven variants of every face"
     )
-    @http.post("/api/v1/detect/augmented/", include_in_schema=False)
     async def legacy_detect_augmented(self, request: Request) -> Response:
-        """Seven variants of every face crop in one model batch; a majority vote per face."""
+        """Seven test-time variants of every face crop in one model batch; a majority vote per face."""
         return await answer_json(self._from_form(request, "augmented"), "POST /api/v1/detect/augmented")
 
-    @http.post(
-        "/api/v1/detect/video",
-        response_model=VideoResponse,
-        responses=ERROR_RESPONSES,
-        openapi_extra=form_body({"frames": FRAMES, "fps": FPS, "explain": EXPLAIN}),
-        summary="Judge the faces of a short video, track by track",
-    )
+    @app_route(http, "video", response_model=VideoResponse, summary="Judge the faces of a short video")
     async def legacy_detect_video(self, request: Request) -> Response:
         """Sampled frames (default 32), faces on each, faces followed into tracks, each track
         judged from all its frames; the video by its most-fake track. Long videos: the jobs."""
         return await answer_json(self._detect_video(request), "POST /api/v1/detect/video")
 
-    @http.post(
-        "/api/v1/detect/video/jobs",
-        status_code=202,
-        response_model=JobResponse,
-        responses=ERROR_RESPONSES,
-        openapi_extra=form_body({"frames": FRAMES, "fps": FPS, "explain": EXPLAIN}),
-        summary="Start a video job (for long videos): answers at once with its id",
-    )
+    @app_route(http, "job_submit", status_code=202, response_model=JobResponse, summary="Start a video job")
     async def submit_video_job(self, request: Request) -> Response:
-        response = await answer_json(self._submit_job(request), "POST /api/v1/detect/video/jobs")
-        if response.status_code == 200:
-            response.status_code = 202
-        return response
+        """For long videos: answers at once with the job's id (202)."""
+        return await answer_json(self._submit_job(request), "POST /api/v1/detect/video/jobs", status=202)
 
-    @http.get(
-        "/api/v1/detect/video/jobs/{job_id}",
-        response_model=JobResponse,
-        responses={404: {"model": ErrorResponse}},
-    )
+    @app_route(http, "job_status", response_model=JobResponse, responses={404: {"model": ErrorResponse}})
     async def get_video_job(self, job_id: str) -> Response:
         """The job's state and progress; its result once done (kept `DEEPFAKE_JOB_TTL_S`)."""
         return await answer_json(self._job(job_id), "GET /api/v1/detect/video/jobs")
 
-    @http.delete(
-        "/api/v1/detect/video/jobs/{job_id}",
-        response_model=JobResponse,
-        responses={404: {"model": ErrorResponse}},
-    )
+    @app_route(http, "job_cancel", response_model=JobResponse, responses={404: {"model": ErrorResponse}})
     async def cancel_video_job(self, job_id: str) -> Response:
         """Stop the job (its decoder process is killed); a finished job is left as it is."""
-        return await answer_json(self._cancel_job(job_id), "DELETE /api/v1/detect/video/jobs")
+        return await answer_json(self._job(job_id, cancel=True), "DELETE /api/v1/detect/video/jobs")
 
-    @http.get(
-        "/api/v1/detect/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}}
-    )
+    @app_route(http, "health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def get_health(self) -> JSONResponse:
         """Whether the model can serve: 200, or 503 when it cannot."""
-        health = await self._health()
-        return JSONResponse(
-            health.model_dump(exclude_none=True), status_code=200 if health.model_loaded else 503
-        )
+        return health_response(await self._health())
 
-    @http.get(
-        "/api/v1/model/info", response_model=ModelInfoResponse, responses={503: {"model": ErrorResponse}}
+    @app_route(
+        http, "model_info", response_model=ModelInfoResponse, responses={503: {"model": ErrorResponse}}
     )
     async def get_model_info(self) -> Response:
         """The truth about the served model, read from the model itself and its metadata."""
         return await answer_json(self._model_info(), "GET /api/v1/model/info")
 
     # ---- The Python client's routes (bentoml.SyncHTTPClient builds its methods from these).
-    @bentoml.api(route="/detect")
+    @bentoml.api(route=ROUTES.path("client_detect"))
     async def detect(
         self, file: Path, require_face: bool | None = None, explain: bool = False
     ) -> DetectResponse:
         """Judge every face in one image; the image by its most-fake face (see the legacy route)."""
         return await answer(self.pipeline.detect(file.read_bytes(), require_face, explain), "POST /detect")
 
-    @bentoml.api(route="/detect_augmented")
+    @bentoml.api(route=ROUTES.path("client_augmented"))
     async def detect_augmented(
         self, file: Path, require_face: bool | None = None, explain: bool = False
     ) -> AugmentedResponse:
         """Judge seven test-time variants of every face (one model batch) and vote per face."""
-        work = self.pipeline.detect_augmented(file.read_bytes(), require_face, explain)
-        return await answer(work, "POST /detect_augmented")
+        return await answer(
+            self.pipeline.detect_augmented(file.read_bytes(), require_face, explain), "POST /detect_augmented"
+        )
 
-    @bentoml.api(route="/detect_video")
+    @bentoml.api(route=ROUTES.path("client_video"))
     async def detect_video(
-        self, file: Path, frames: int | None = None, fps: float | None = None
+        self, file: Path, frames: int | None = None, fps: float | None = None, explain: bool = False
     ) -> VideoResponse:
         """Judge the faces of a short video, track by track (see the legacy route)."""
-        frames = None if frames is None else min(frames, SETTINGS.video_max_frames)
-        return await answer(self.videos.detect(file, frames, fps), "POST /detect_video")
+        return await answer(self.videos.detect(file, frames, fps, explain=explain), "POST /detect_video")
 
-    @bentoml.api(route="/health")
+    @bentoml.api(route=ROUTES.path("client_health"))
     async def health(self) -> HealthResponse:
         """Whether the model can serve."""
         return await self._health()
 
-    @bentoml.api(route="/model_info")
+    @bentoml.api(route=ROUTES.path("client_model_info"))
     async def model_info(self) -> ModelInfoResponse:
         """The served model: tag, input shape, labels, output meaning, threshold, metrics, layers."""
         return await answer(self._model_info(), "POST /model_info")
 
 
-CLIENT_ROUTES: dict[str, FormPolicy | None] = {
-    "/detect": IMAGE_FORM,
-    "/detect_augmented": IMAGE_FORM,
-    "/detect_video": VIDEO_FORM,
-    "/health": None,
-    "/model_info": None,
-}
-PROBES = ("/livez", "/healthz", "/readyz", "/metrics", "/schema.json")
-add_ui(http)  # the page for people at /ui/ (before the fallback, which must stay last)
-add_docs_and_fallback(
-    http, [*((path, {"POST"}) for path in CLIENT_ROUTES), *((path, {"GET", "HEAD"}) for path in PROBES)]
-)
-# Outermost first (see serving/edge.py).
-DeepfakeDetector.add_asgi_middleware(RequestIdMiddleware)
-DeepfakeDetector.add_asgi_middleware(
-    CORSMiddleware,
-    allow_origins=list(SETTINGS.cors_origins),
-    allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-    allow_headers=["*"],
-    expose_headers=["Retry-After", "X-Request-ID"],
-)
-DeepfakeDetector.add_asgi_middleware(
-    EdgeMiddleware,
-    file_limit=lambda path: SETTINGS.video_max_bytes if path in VIDEO_PATHS else SETTINGS.max_upload_bytes,
-    upload_timeout_s=SETTINGS.upload_timeout,
-    request_timeout_s=SETTINGS.request_timeout_s,
-    drain_timeout_s=SETTINGS.drain_timeout_s,
-)
-DeepfakeDetector.add_asgi_middleware(
-    AccessMiddleware,
-    guarded=("/api/v1/detect/", "/api/v1/detect", "/api/v1/detect/augmented", "/api/v1/detect/augmented/",
-             "/detect", "/detect_augmented", *VIDEO_PATHS),
-    api_key=SETTINGS.api_key.get_secret_value() if SETTINGS.api_key else None,
-    rate_limits=SETTINGS.rate_limits,
-    trust_forwarded_for=SETTINGS.trust_forwarded_for,
-    max_in_flight=SETTINGS.max_in_flight,
-)  # fmt: skip
-DeepfakeDetector.add_asgi_middleware(ClientRoutePolicy, routes=CLIENT_ROUTES)
+finish_app(http, SETTINGS.ui_api_origins)  # the page, the docs, the fallback: after the routes
+install(DeepfakeDetector, SETTINGS, FORMS)  # the edge (serving/edge.py), from the route table

@@ -34,6 +34,7 @@ class Classifier:
         served: dict[str, Any] | None = None,
         keras_model: Any = None,
         model_dir: Path | None = None,
+        trust_code: bool = False,
     ) -> None:
         self.network = network  # normalised float32 batch -> raw outputs
         self._keras_model = keras_model  # the float32 Keras model, when it is loaded already
@@ -41,15 +42,27 @@ class Classifier:
         self.spec = spec
         self.summary = summary  # input_shape, layers, parameters
         self.served = served or {"runtime": spec.runtime, "precision": spec.precision}
+        self._trust_code = trust_code
 
     @classmethod
-    def load(cls, model_dir: Path, spec: ModelSpec, *, threads: int | None = None) -> Classifier:
-        """`threads`: LiteRT's (default: every core); TensorFlow keeps its process-wide setting."""
+    def load(
+        cls, model_dir: Path, spec: ModelSpec, *, threads: int | None = None, trust_code: bool = False
+    ) -> Classifier:
+        """`threads`: LiteRT's (default: every core); TensorFlow keeps its process-wide setting.
+        `trust_code`: the operator's word (DEEPFAKE_TRUST_MODEL_CODE) that a model imported with
+        --trust-code may run its code; without it such a model is refused (PermissionError),
+        whatever its metadata says. Keras' safe_mode is off only when both say so."""
         model_dir = Path(model_dir)
+        if (spec.trusted_code or spec.file_format == "saved_model") and not trust_code:
+            raise PermissionError(
+                "this model was imported with --trust-code (its file can run code); serve it only "
+                "if you trust it, with DEEPFAKE_TRUST_MODEL_CODE=true"
+            )
         if spec.runtime == "litert":
             classifier = cls._load_litert(model_dir, spec, threads)
         else:
-            classifier = cls._load_tensorflow(model_dir, spec)
+            classifier = cls._load_tensorflow(model_dir, spec, trust_code)
+        classifier._trust_code = trust_code
         classifier(np.zeros((1, *spec.input_size, 3), np.uint8))  # warm-up: build the graph now
         return classifier
 
@@ -77,11 +90,13 @@ class Classifier:
         return cls(network, spec, summary, served, model_dir=model_dir)
 
     @classmethod
-    def _load_tensorflow(cls, model_dir: Path, spec: ModelSpec) -> Classifier:
+    def _load_tensorflow(cls, model_dir: Path, spec: ModelSpec, trust_code: bool = False) -> Classifier:
         from modeling.loading import load_classifier
         from modeling.optimized import BF16Network, bf16_native, network_summary
 
-        model = load_classifier(model_dir / stored_file(spec), safe_mode=not spec.trusted_code)
+        model = load_classifier(
+            model_dir / stored_file(spec), safe_mode=not (trust_code and spec.trusted_code)
+        )
         served: dict[str, Any] = {"runtime": "tensorflow", "precision": "fp32", "file": stored_file(spec)}
         network: Callable[[np.ndarray], np.ndarray] = lambda x: model.predict_on_batch(x)  # noqa: E731
         if spec.precision == "bf16":
@@ -109,7 +124,9 @@ class Classifier:
 
             assert self._model_dir is not None
             path = self._model_dir / stored_file(self.spec)
-            self._keras_model = load_classifier(path, safe_mode=not self.spec.trusted_code)
+            self._keras_model = load_classifier(
+                path, safe_mode=not (self._trust_code and self.spec.trusted_code)
+            )
         return self._keras_model
 
     def describe(self) -> dict[str, Any]:

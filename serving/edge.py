@@ -1,5 +1,6 @@
 """The HTTP edge: what every request passes before the routes, as plain ASGI middlewares added
-with BentoML's public `add_asgi_middleware` (outermost first):
+with BentoML's public `add_asgi_middleware` (outermost first), by `install`, from the route
+table (serving/routes.py) and the settings:
 
     RequestIdMiddleware   X-Request-ID on every answer (the client's own, or a new one)
     CORSMiddleware        Starlette's, so that every answer below it carries the CORS headers
@@ -8,6 +9,9 @@ with BentoML's public `add_asgi_middleware` (outermost first):
     AccessMiddleware      API key, rate limit, in-flight cap (serving/access.py)
     ClientRoutePolicy     the upload policy for the Python client's routes, checked before
                           BentoML parses them
+
+Below them all, uvicorn closes connections whose headers do not arrive in time
+(serving/bentoml_adapter.py `use_header_timeout`, also called by `install`).
 
 Nothing here reads another framework's answer: errors are exceptions (serving/errors.py)
 rendered by one function, and an answer that has started is never rewritten."""
@@ -18,14 +22,16 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from preprocessing import errors
 from preprocessing.errors import InputError
 from serving.errors import (
     ASGIApp,
     Message,
+    NotFound,
     Receive,
     RequestTimeout,
     Scope,
@@ -35,10 +41,14 @@ from serving.errors import (
     send_error,
     unexpected,
 )
-from serving.multipart import FormPolicy, encode_form, read_empty_json, read_form
+from serving.forms import FormKind
+from serving.multipart import MAX_JSON_BYTES, encode_form, read_empty_json, read_form
 from serving.observability import request_id_var
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,128}")
+# A decoded path with a control character (a %0A, ...) matches no route: Starlette's mount of our
+# app does not take it (its pattern stops at a newline) and would answer a plain-text 404.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Room for the multipart envelope (boundaries, part headers, text fields) around the file.
 ENVELOPE_BYTES = 64 * 1024
 
@@ -179,7 +189,9 @@ class EdgeMiddleware:
                 return
             await send(message)
 
-        if declared.isdigit() and int(declared) > body.limit:
+        if _CONTROL.search(scope["path"]):
+            await send_error(edge_send, NotFound(), _where(scope))
+        elif declared.isdigit() and int(declared) > body.limit:
             await send_error(edge_send, errors.file_too_large(file_limit), _where(scope))
         else:
             await self._respond(scope, capped_receive, edge_send, lambda: started)
@@ -238,13 +250,15 @@ class EdgeMiddleware:
 
 class ClientRoutePolicy:
     """The Python client's routes (`@bentoml.api`, parsed by BentoML) under the same upload
-    policy as the legacy routes: the body is read and checked here first, and BentoML is handed
-    a clean copy (safe filename, declared fields only). `routes[path]` is the route's form
-    policy, or None for a route that takes no input (JSON `{}` or nothing)."""
+    policy as the legacy routes: the body is read and checked here first, its fields parsed and
+    checked as the legacy routes check them (serving/forms.py: BentoML's own validation of a
+    bad value was a 500), and BentoML is handed a clean copy (safe filename, declared fields
+    only, plain values). `routes[path]` is the route's form kind, or None for a route that takes
+    no input (JSON `{}` or nothing)."""
 
     BOUNDARY = "deepfake-edge-boundary-7f3a1c"
 
-    def __init__(self, app: ASGIApp, *, routes: dict[str, FormPolicy | None]) -> None:
+    def __init__(self, app: ASGIApp, *, routes: dict[str, FormKind | None]) -> None:
         self.app = app
         self.routes = routes
 
@@ -252,14 +266,15 @@ class ClientRoutePolicy:
         if scope["type"] != "http" or scope.get("method") != "POST" or scope["path"] not in self.routes:
             await self.app(scope, receive, send)
             return
-        policy = self.routes[scope["path"]]
+        kind = self.routes[scope["path"]]
         headers = scope.get("headers", [])
-        if policy is None:
+        if kind is None:
             await read_empty_json(headers, receive)
             body, content_type = b"{}", b"application/json"
         else:
-            upload = await read_form(headers, receive, policy)
+            upload = await read_form(headers, receive, kind.policy)
             try:
+                upload.fields = kind.encode(upload.fields)
                 body = encode_form(upload, self.BOUNDARY)
             finally:
                 upload.discard()
@@ -281,3 +296,51 @@ class ClientRoutePolicy:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+def install(service: Any, settings: Any, forms: Mapping[str, FormKind]) -> None:
+    """The public service's edge, outermost first, every fact from the route table: the body
+    limit of each path (its form's; a path without one: a small JSON body), the guarded paths,
+    the paths that are work, the client routes' forms. `settings`: serving/settings.py's."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    from serving.access import AccessMiddleware, ClientAddress, FixedWindowLimiter, parse_rate_limits
+    from serving.bentoml_adapter import use_header_timeout
+    from serving.routes import ROUTES
+
+    use_header_timeout(settings.header_timeout_s)
+    file_limits = {name: form.policy.max_file_bytes for name, form in forms.items()}
+    file_limits["none"] = MAX_JSON_BYTES  # a route without an upload: at most an empty JSON body
+    rate, failures = parse_rate_limits(settings.rate_limits), parse_rate_limits(settings.key_failure_limits)
+    client_routes = {
+        path: forms[route.form] if route.work else None
+        for route in ROUTES.served_by("bentoml")
+        if "POST" in route.methods
+        for path in route.paths
+    }
+    service.add_asgi_middleware(RequestIdMiddleware)
+    service.add_asgi_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.cors_origins),
+        allow_methods=sorted({m for route in ROUTES for m in route.methods} | {"OPTIONS"}),
+        allow_headers=["*"],
+        expose_headers=["Retry-After", "X-Request-ID"],
+    )
+    service.add_asgi_middleware(
+        EdgeMiddleware,
+        file_limit=lambda path: file_limits[ROUTES.form(path)],
+        upload_timeout_s=settings.upload_timeout,
+        request_timeout_s=settings.request_timeout_s,
+        drain_timeout_s=settings.drain_timeout_s,
+    )
+    service.add_asgi_middleware(
+        AccessMiddleware,
+        guarded=ROUTES.guarded,
+        work=ROUTES.work,
+        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        limiter=FixedWindowLimiter(rate, settings.rate_limit_clients) if rate else None,
+        key_failures=FixedWindowLimiter(failures, settings.rate_limit_clients) if failures else None,
+        client=ClientAddress(settings.trust_forwarded_for, settings.trusted_proxies),
+        max_in_flight=settings.max_in_flight,
+    )
+    service.add_asgi_middleware(ClientRoutePolicy, routes=client_routes)

@@ -75,6 +75,27 @@ class Overloaded(ServiceError):
         return {"Retry-After": str(self.RETRY_AFTER_S)}
 
 
+class QuotaExceeded(ServiceError):
+    """This client has as many video jobs queued or running as it may."""
+
+    status, code = 429, "JOB_QUOTA_EXCEEDED"
+    message = "This client has as many video jobs queued or running as it may; retry when one is done"
+    RETRY_AFTER_S = 10
+
+    def default_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.RETRY_AFTER_S)}
+
+
+class StorageFull(ServiceError):
+    """The server's disk refused a write (an upload being spooled, a job): not the client's fault."""
+
+    status, code = 507, "INSUFFICIENT_STORAGE"
+    message = "The server has no room for this upload now; retry later"
+
+    def default_headers(self) -> dict[str, str]:
+        return {"Retry-After": "30"}
+
+
 class ModelUnavailable(ServiceError):
     status, code = 503, "MODEL_UNAVAILABLE"
     message = "The model cannot serve right now; retry later"

@@ -12,6 +12,7 @@ videos). Built on python-multipart's streaming parser, the one Starlette uses.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -26,7 +27,9 @@ from python_multipart.multipart import parse_options_header
 
 from preprocessing import errors
 from preprocessing.errors import InputError
-from serving.errors import ClientDisconnected, Receive
+from serving.errors import ClientDisconnected, Receive, StorageFull
+
+logger = logging.getLogger("deepfake")
 
 # A 5000-character filename must still be served; a 100 KB part header is not a filename.
 MAX_HEADER_BYTES = 16 * 1024
@@ -266,6 +269,10 @@ async def read_form(headers: Iterable[tuple[bytes, bytes]], receive: Receive, po
     except FormParserError as exc:
         reader.discard()
         raise errors.bad_request(f"Malformed multipart body: {exc}") from None
+    except OSError as exc:  # spooling to a full disk: the server's trouble, not the client's
+        reader.discard()
+        logger.error("an upload could not be spooled: %s: %s", type(exc).__name__, exc)
+        raise StorageFull() from None
     except BaseException:
         reader.discard()
         raise

@@ -1,18 +1,29 @@
-"""The public HTTP app mounted on the service: the legacy routes' documentation, the API docs
-pages, and the answer for every path or method no route takes.
+"""The public HTTP surface: the one route table, the app mounted on the service (the legacy
+routes' documentation, the API docs pages, the answer for every path or method no route takes).
 
-The legacy routes themselves are methods of the service (service.py), registered on its app
-with the declarations below; `add_docs_and_fallback` must run after the service class is
-defined (BentoML re-registers class-method routes at the end of the app when it decorates it).
+`ROUTES` lists every public path: its methods, the form its body is (image, video, none),
+whether the API key guards it, and who serves it (the mounted app, or BentoML itself: the
+Python client's routes and the probes). Everything else is made from it: the legacy routes'
+decorators (`app_route`), the Python client's routes (`ROUTES.path(...)` in `@bentoml.api`), the
+guarded set and what counts as work (serving/access.py), the body limit of each path and the
+client routes' upload policies (serving/edge.py `install`), the fallback's 405s and the probes
+it knows. tests/test_routes.py fails if the server serves a route the table does not list, or
+the table lists one it does not serve.
+
+The legacy routes themselves are methods of the service (service.py); `finish_app` must run
+after the service class is defined (BentoML re-registers class-method routes at the end of the
+app when it decorates it).
 """
 
 from __future__ import annotations
 
 import html
 import json
-from collections.abc import Awaitable, Iterable
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Match, Route
+from starlette.routing import Match, Route, compile_path
 
 from preprocessing import errors
 from preprocessing.errors import InputError
@@ -104,6 +115,137 @@ REQUIRE_FACE = {
 }
 
 
+FORM_FIELDS: dict[str, dict[str, dict[str, Any]]] = {
+    "image": {"require_face": REQUIRE_FACE, "explain": EXPLAIN},
+    "video": {"frames": FRAMES, "fps": FPS, "explain": EXPLAIN},
+}
+
+
+# ---- The route table -------------------------------------------------------------------------
+
+Form = Literal["image", "video", "none"]
+GET = ("GET", "HEAD")
+
+
+@dataclass(frozen=True)
+class PublicRoute:
+    """One public route. `path` is a Starlette path template; `aliases` are other paths with
+    the same facts (the old backend's trailing-slash variants). A route with a form is work:
+    rate limited and counted in flight (serving/access.py)."""
+
+    name: str
+    path: str
+    methods: tuple[str, ...]
+    form: Form = "none"
+    guarded: bool = False  # the API key, when one is set
+    served_by: Literal["app", "bentoml"] = "app"
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return (self.path, *self.aliases)
+
+    @property
+    def work(self) -> bool:
+        return self.form != "none"
+
+
+class RouteTable:
+    def __init__(self, routes: Iterable[PublicRoute]) -> None:
+        self.routes = {route.name: route for route in routes}
+        self._patterns = [
+            (compile_path(path)[0], route) for route in self.routes.values() for path in route.paths
+        ]
+
+    def __getitem__(self, name: str) -> PublicRoute:
+        return self.routes[name]
+
+    def __iter__(self) -> Any:
+        return iter(self.routes.values())
+
+    def path(self, name: str) -> str:
+        return self.routes[name].path
+
+    def matching(self, path: str) -> list[PublicRoute]:
+        """The routes at `path` (any method)."""
+        return [route for pattern, route in self._patterns if pattern.match(path)]
+
+    def guarded(self, path: str) -> bool:
+        """Whether the key guards `path` (for every method: a wrong method answers 401 first)."""
+        return any(route.guarded for route in self.matching(path))
+
+    def work(self, path: str) -> bool:
+        return any(route.work for route in self.matching(path))
+
+    def form(self, path: str) -> Form:
+        """The form `path` takes ("none" for a path that takes no upload, or no route)."""
+        return next((route.form for route in self.matching(path) if route.work), "none")
+
+    def served_by(self, who: Literal["app", "bentoml"]) -> list[PublicRoute]:
+        return [route for route in self.routes.values() if route.served_by == who]
+
+
+JOB = "/api/v1/detect/video/jobs"
+AUGMENTED = "/api/v1/detect/augmented"
+POST = ("POST",)
+KEY = {"guarded": True}
+BENTOML = {"served_by": "bentoml"}
+ROUTES = RouteTable(
+    [
+        # The old backend's routes (the mounted app; methods of the service).
+        PublicRoute("detect", "/api/v1/detect/", POST, "image", **KEY, aliases=("/api/v1/detect",)),
+        PublicRoute("augmented", AUGMENTED, POST, "image", **KEY, aliases=(AUGMENTED + "/",)),
+        PublicRoute("video", "/api/v1/detect/video", POST, "video", **KEY),
+        PublicRoute("job_submit", JOB, POST, "video", **KEY),
+        PublicRoute("job_status", JOB + "/{job_id}", ("GET",), **KEY),
+        PublicRoute("job_cancel", JOB + "/{job_id}", ("DELETE",), **KEY),
+        PublicRoute("health", "/api/v1/detect/health", ("GET",)),
+        PublicRoute("model_info", "/api/v1/model/info", ("GET",)),
+        # The page and the API docs (the mounted app: serving/ui.py, finish_app below).
+        PublicRoute("ui", "/ui/", GET),
+        PublicRoute("ui_redirect", "/ui", GET),
+        PublicRoute("ui_assets", "/ui/assets/{file:path}", GET),
+        PublicRoute("docs", "/api/v1/docs", GET, aliases=("/",)),
+        PublicRoute("docs_init", "/api/v1/docs/init.js", GET),
+        PublicRoute("docs_assets", "/api/v1/docs/assets/{file:path}", GET),
+        PublicRoute("docs_spec", "/docs.json", ("GET",)),
+        # The Python client's routes (`@bentoml.api`; BentoML parses them, after the edge).
+        PublicRoute("client_detect", "/detect", POST, "image", **KEY, **BENTOML),
+        PublicRoute("client_augmented", "/detect_augmented", POST, "image", **KEY, **BENTOML),
+        PublicRoute("client_video", "/detect_video", POST, "video", **KEY, **BENTOML),
+        PublicRoute("client_health", "/health", POST, **BENTOML),
+        PublicRoute("client_model_info", "/model_info", POST, **BENTOML),
+        # BentoML's own: probes, metrics, the client's schema.
+        *(
+            PublicRoute(f"probe_{name}", f"/{name}", GET, **BENTOML)
+            for name in ("livez", "healthz", "readyz", "metrics", "schema.json")
+        ),
+    ]
+)  # fmt: skip
+
+
+def app_route(app: FastAPI, name: str, **openapi: Any) -> Callable[[Any], Any]:
+    """The decorator of a route the mounted app serves, from its row of the table: its path and
+    aliases, its methods, its form's OpenAPI body and error answers; `openapi`: the rest (the
+    response model, a summary, ...)."""
+    route = ROUTES[name]
+    if route.form != "none":
+        body = form_body(FORM_FIELDS[route.form])
+        openapi = {"openapi_extra": body, "responses": ERROR_RESPONSES, **openapi}
+
+    def decorate(function: Any) -> Any:
+        for alias in route.aliases:
+            function = app.api_route(alias, methods=list(route.methods), include_in_schema=False)(function)
+        return app.api_route(route.path, methods=list(route.methods), **openapi)(function)
+
+    return decorate
+
+
+def _template(path: str) -> str:
+    """A Starlette template as a plain prefix ("/ui/assets/{file:path}" -> "/ui/assets")."""
+    return re.sub(r"/\{[^}]*\}$", "", path)
+
+
 async def answer(work: Awaitable[T], where: str) -> T | JSONResponse:
     """The route's result, or its error as the legacy answer (a 500 for faults of ours)."""
     try:
@@ -114,12 +256,13 @@ async def answer(work: Awaitable[T], where: str) -> T | JSONResponse:
         return error_response(unexpected(exc, where), where)
 
 
-async def answer_json(work: Awaitable[BaseModel], where: str) -> Response:
-    """`answer` for the mounted app's routes: the result as a JSON response."""
+async def answer_json(work: Awaitable[BaseModel], where: str, status: int = 200) -> Response:
+    """`answer` for the mounted app's routes: the result as a JSON response (`status`), or the
+    legacy answer of its error."""
     result = await answer(work, where)
     if isinstance(result, Response):
         return result
-    return JSONResponse(result.model_dump(mode="json"))
+    return JSONResponse(result.model_dump(mode="json"), status_code=status)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
@@ -142,10 +285,10 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
 # served by this server: nothing is loaded from elsewhere, and no inline script, so that the
 # page's Content-Security-Policy can say so. It may be framed from any origin: the old front
 # end shows it in an iframe ("API Documentation").
-DOCS_PATHS = ("/api/v1/docs", "/")
-DOCS_ASSETS = "/api/v1/docs/assets"
-DOCS_INIT = "/api/v1/docs/init.js"
-SPEC_PATH = "/docs.json"
+DOCS_PATHS = ROUTES["docs"].paths
+DOCS_ASSETS = _template(ROUTES.path("docs_assets"))
+DOCS_INIT = ROUTES.path("docs_init")
+SPEC_PATH = ROUTES.path("docs_spec")
 DOCS_CSP = "; ".join(
     [
         "default-src 'self'",
@@ -195,6 +338,17 @@ def swagger_ui_dir() -> Path:
     import fastapi_offline
 
     return Path(fastapi_offline.__file__).parent / "static"
+
+
+def finish_app(app: FastAPI, ui_api_origins: tuple[str, ...] = ()) -> None:
+    """The page, the API docs and the fallback, after the service's own routes: call it once
+    the service class is defined."""
+    from serving.ui import add_ui
+
+    ui = {"page": ROUTES.path("ui"), "redirect": ROUTES.path("ui_redirect")}
+    add_ui(app, ui_api_origins, **ui, assets=_template(ROUTES.path("ui_assets")))
+    others = [(path, set(route.methods)) for route in ROUTES.served_by("bentoml") for path in route.paths]
+    add_docs_and_fallback(app, others)
 
 
 def add_docs_and_fallback(app: FastAPI, other_routes: Iterable[tuple[str, set[str]]]) -> None:

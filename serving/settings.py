@@ -4,11 +4,16 @@ A bad value stops the start with one line naming the variable (`load_settings`).
 is defined once: here, or where the fact lives (decode limits in preprocessing/decode.py, face
 detection in preprocessing/faces.py) and referenced from here. The README's settings table is
 generated from this model (`python -m serving.settings`) and a test keeps the two in step.
+
+A setting that bounds what a client can make the server do carries the threat it answers
+(`limit(...)`, in the field's schema as "threat"); SECURITY.md's table of limits is generated
+from those (`python -m serving.settings security`), and a test keeps that in step too.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from typing import Annotated, Any, Literal
 
@@ -18,20 +23,37 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from modeling.spec import DEFAULT_MODEL_NAME
 from preprocessing import faces, video
 from preprocessing.decode import DecodeLimits
-from serving.access import parse_rate_limits
+from serving.access import DEFAULT_TRUSTED_PROXIES, parse_networks, parse_rate_limits
 from serving.provenance import ProvenanceOptions, load_trust_anchors
 
 ENV_PREFIX = "DEEPFAKE_"
 _LIMITS = DecodeLimits()
 _VIDEO = video.VideoLimits()
+THREAT = "threat"
+
+
+def limit(default: Any, threat: str, **options: Any) -> Any:
+    """A setting that bounds what clients can make the server do, and the threat it answers."""
+    return Field(default, json_schema_extra={THREAT: threat}, **options)
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
     model_tag: str = Field(f"{DEFAULT_MODEL_NAME}:latest", description="the model to serve from the store")
-    max_upload_bytes: int = Field(_LIMITS.max_bytes, gt=0, description="largest image upload, in bytes")
-    max_image_pixels: int = Field(_LIMITS.max_pixels, gt=0, description="largest image, width x height")
+    max_upload_bytes: int = limit(
+        _LIMITS.max_bytes,
+        "memory and disk filled by one upload (checked from Content-Length and as it streams: 413)",
+        gt=0,
+        description="largest image upload, in bytes",
+    )
+    max_image_pixels: int = limit(
+        _LIMITS.max_pixels,
+        "decompression bombs: a small file that decodes to gigabytes (read from the header, before "
+        "any pixel is decoded: 413)",
+        gt=0,
+        description="largest image, width x height",
+    )
     max_batch_size: int = Field(
         64, gt=0, le=1024, description="adaptive batching: most images per model call"
     )
@@ -49,17 +71,31 @@ class Settings(BaseSettings):
         description="`greedy`: a batch starts as soon as the model is free; `bentoml`: BentoML's learned "
         "wait (serving/bentoml_adapter.py)",
     )
-    request_timeout_s: float = Field(
-        60.0, gt=0, description="a request not answered by then gets `504 TIMEOUT`"
+    request_timeout_s: float = limit(
+        60.0,
+        "a request that would hold its worker for ever (answered `504 TIMEOUT`)",
+        gt=0,
+        description="a request not answered by then gets `504 TIMEOUT`",
     )
-    upload_timeout_s: float | None = Field(
+    upload_timeout_s: float | None = limit(
         None,
+        "slow uploads (a body sent a byte at a time) holding connections and spool space",
         gt=0,
         description="an upload not complete by then answers `408 REQUEST_TIMEOUT` (unset: half "
         "the request timeout)",
     )
-    drain_timeout_s: float = Field(
+    header_timeout_s: float = limit(
+        10.0,
+        "slow headers (Slowloris: a request line and headers never finished) holding connections",
+        gt=0,
+        le=30,
+        description="a connection whose request line and headers are not complete by then is "
+        "closed (serving/bentoml_adapter.py)",
+    )
+    drain_timeout_s: float = limit(
         30.0,
+        "a client that keeps sending after an early answer (413, 401, 429, ...) holding its "
+        "connection (the rest of its upload is read and dropped this long, then the connection closes)",
         gt=0,
         description="an answer given before the upload was read (413, 401, 429, ...) first reads and "
         "drops the rest of it for up to this long (as nginx's lingering_time), so that every client "
@@ -74,8 +110,12 @@ class Settings(BaseSettings):
         "whose clients read any 200 as a verdict; the answer on `/detect`, `/detect_augmented`); the "
         "form field `require_face` overrides it per request",
     )
-    max_faces: int = Field(
-        faces.DEFAULT_MAX_FACES, gt=0, le=100, description="faces judged per image (largest first)"
+    max_faces: int = limit(
+        faces.DEFAULT_MAX_FACES,
+        "a crowd photo turned into a huge model batch (per image and per video frame)",
+        gt=0,
+        le=100,
+        description="faces judged per image (largest first)",
     )
     face_detector: Literal["blazeface", "mtcnn"] | None = Field(
         None,
@@ -91,62 +131,151 @@ class Settings(BaseSettings):
         le=4096,
         description="MTCNN only: detection runs on a copy at most this large (unset: 640)",
     )
-    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("*",), description="allowed origins, comma separated"
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = limit(
+        ("*",),
+        "other web sites' pages calling the API with their visitors' browsers",
+        description="allowed origins, comma separated",
     )
-    api_key: SecretStr | None = Field(
+    ui_api_origins: Annotated[tuple[str, ...], NoDecode] = limit(
+        (),
+        "a link to the page (`/ui/?api=...`) that sends the key a person types into it to another server",
+        description="other API origins the page at `/ui/` may talk to (`?api=`), comma separated; "
+        "empty: its own only",
+    )
+    api_key: SecretStr | None = limit(
         None,
-        description="when set, the detect routes need `Authorization: Bearer <key>` (probes, health, info, "
-        "docs stay open)",
+        "anyone who can reach the service using it",
+        description="when set, the guarded routes (detect, video, jobs) need `Authorization: Bearer "
+        "<key>` (probes, health, info, docs stay open)",
     )
-    rate_limits: str = Field(
+    rate_limits: str = limit(
         "",
-        description="per-client limits on the detect routes, e.g. `200/day,50/hour` (the old service's); "
-        "counted per worker process; empty: off",
+        "one client monopolising the service; wrong keys count too",
+        description="per-client limits on the guarded routes, e.g. `200/day,50/hour` (the old "
+        "service's); counted per worker process; empty: off",
     )
-    trust_forwarded_for: bool = Field(
-        False, description="take the client address from `X-Forwarded-For` (only behind a proxy you run)"
+    key_failure_limits: str = limit(
+        "30/minute,300/day",
+        "guessing the API key",
+        description="per-client limits on wrong API keys; past them `429` before the key is checked",
     )
-    max_in_flight: int = Field(
+    rate_limit_clients: int = limit(
+        100_000,
+        "memory filled by counting many (spoofed) clients; a limited client is never forgotten to make room",
+        gt=0,
+        description="clients counted per worker process and limit table",
+    )
+    trust_forwarded_for: bool = limit(
+        False,
+        "a client choosing its own address (and so its own rate limit) with `X-Forwarded-For`",
+        description="take the client address from `X-Forwarded-For`, when the peer is a trusted proxy",
+    )
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = limit(
+        DEFAULT_TRUSTED_PROXIES,
+        "a client choosing its own address: only these peers' `X-Forwarded-For` is read, and the "
+        "client is its rightmost entry that is not one of them",
+        description="CIDRs of the proxies in front of the service, comma separated",
+    )
+    max_in_flight: int = limit(
         128,
+        "overload: a queue that grows until every request times out (a request counts once its "
+        "body has arrived, so slow uploads do not hold the slots)",
         ge=0,
-        description="detect requests in flight per API worker; past it `503 SERVICE_OVERLOADED` with "
+        description="guarded requests in flight per API worker; past it `503 SERVICE_OVERLOADED` with "
         "`Retry-After` (0: no cap)",
     )
     # A 40 MP PNG takes ~0.3 GB to decode; the number of threads bounds that memory.
-    decode_concurrency: int = Field(
-        2, gt=0, le=64, description="threads that decode and find faces per API worker (bounds decode memory)"
+    decode_concurrency: int = limit(
+        2,
+        "memory: a 40 Mpx image takes ~0.3 GB to decode",
+        gt=0,
+        le=64,
+        description="threads that decode and find faces per API worker (bounds decode memory)",
     )
     # Video: the sync route for short clips, jobs for long ones (README, "Video").
-    video_max_bytes: int = Field(_VIDEO.max_bytes, gt=0, description="largest video upload, in bytes")
-    video_max_duration_s: float = Field(
-        _VIDEO.max_duration_s, gt=0, description="longest video, read from its header before decoding"
+    video_max_bytes: int = limit(
+        _VIDEO.max_bytes,
+        "disk filled by one upload (videos are spooled to disk as they arrive: 413)",
+        gt=0,
+        description="largest video upload, in bytes",
     )
-    video_max_frame_pixels: int = Field(
-        _VIDEO.max_frame_pixels, gt=0, description="largest video frame, width x height, from the header"
+    video_max_duration_s: float = limit(
+        _VIDEO.max_duration_s,
+        "decoding time: a small file that declares hours (read from the header: 413)",
+        gt=0,
+        description="longest video, read from its header before decoding",
+    )
+    video_max_frame_pixels: int = limit(
+        _VIDEO.max_frame_pixels,
+        "decoder memory: a frame that declares gigapixels (read from the header: 413)",
+        gt=0,
+        description="largest video frame, width x height, from the header",
     )
     video_frames: int = Field(
         video.DEFAULT_FRAMES, gt=0, description="frames sampled from a video when the request names none"
     )
-    video_max_frames: int = Field(
-        _VIDEO.max_frames, gt=0, le=2000, description="most frames one video request may sample"
+    video_max_frames: int = limit(
+        _VIDEO.max_frames,
+        "work and memory per video (`frames` or `fps` asking for more gets this many)",
+        gt=0,
+        le=2000,
+        description="most frames one video request may sample",
     )
-    video_concurrency: int = Field(
-        1, gt=0, le=16, description="video decoder processes per API worker: videos decoded at once"
+    video_concurrency: int = limit(
+        1,
+        "CPU and memory taken by videos from image requests (more video requests wait, a few, then `503`)",
+        gt=0,
+        le=16,
+        description="decoder processes of the synchronous video route per API worker",
     )
-    video_timeout_s: float = Field(
-        45.0, gt=0, description="a synchronous video not decoded by then answers `422 VIDEO_TIMEOUT`"
+    job_concurrency: int = limit(
+        1,
+        "jobs and the synchronous route starving each other: jobs have decoder processes of their own",
+        gt=0,
+        le=16,
+        description="decoder processes of the video jobs per API worker: jobs run at once",
     )
-    job_timeout_s: float = Field(
-        900.0, gt=0, description="a video job not decoded by then fails `VIDEO_TIMEOUT`"
+    video_timeout_s: float = limit(
+        45.0,
+        "a video that stalls its decoder (the process is killed)",
+        gt=0,
+        description="a synchronous video not decoded by then answers `422 VIDEO_TIMEOUT`",
+    )
+    job_timeout_s: float = limit(
+        900.0,
+        "a job that holds its decoder for ever (the process is killed)",
+        gt=0,
+        description="a video job not decoded by then fails `VIDEO_TIMEOUT`",
     )
     jobs_dir: str = Field(
         "",
         description="where video jobs keep their state and uploads, shared by the API workers (empty: "
         "a folder in the temp dir)",
     )
-    job_ttl_s: float = Field(3600.0, gt=0, description="a finished job's result is deleted this long after")
-    max_jobs: int = Field(100, gt=0, description="video jobs kept (queued, running and finished)")
+    job_ttl_s: float = limit(
+        3600.0,
+        "disk filled by results nobody fetches",
+        gt=0,
+        description="a finished job's result is deleted this long after",
+    )
+    max_jobs: int = limit(
+        100,
+        "disk and queue filled by jobs (past it, finished jobs are dropped, oldest first, then `503`)",
+        gt=0,
+        description="video jobs kept (queued, running and finished)",
+    )
+    max_jobs_per_client: int = limit(
+        3,
+        "one client monopolising the job queue (`429 JOB_QUOTA_EXCEEDED`, checked before the upload is read)",
+        ge=0,
+        description="video jobs one client may have queued or running (0: no bound)",
+    )
+    jobs_max_bytes: int = limit(
+        1024**3,
+        "disk filled by queued uploads (`503`)",
+        ge=0,
+        description="bytes of uploads of queued and running jobs, all clients (0: no bound)",
+    )
     # Provenance beside the verdict (serving/provenance.py, README "Provenance").
     provenance: bool = Field(
         True,
@@ -170,15 +299,37 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         "json", description="`json` lines (with `request_id`, `trace_id`) or BentoML's `text`"
     )
+    trust_model_code: bool = limit(
+        False,
+        "a model archive running code in the server: whether Keras' `safe_mode` may be off (and a "
+        "SavedModel's graph run) is the operator's choice here, never the archive's",
+        description="serve a model imported with `--trust-code` (loaded with Keras `safe_mode` off)",
+    )
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "ui_api_origins", "trusted_proxies", mode="before")
     @classmethod
-    def _split_origins(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return tuple(origin.strip() for origin in value.split(",") if origin.strip())
+            return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
 
-    @field_validator("rate_limits")
+    @field_validator("ui_api_origins")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from serving.ui import api_origin
+
+        for origin in value:
+            if api_origin(origin) != origin:
+                raise ValueError(f"{origin!r} is not an origin like https://api.example.com[:port]")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(value)  # raises ValueError naming the bad one
+        return value
+
+    @field_validator("rate_limits", "key_failure_limits")
     @classmethod
     def _check_rate_limits(cls, value: str) -> str:
         parse_rate_limits(value)  # raises ValueError with the bad part
@@ -205,6 +356,19 @@ class Settings(BaseSettings):
             watermarks=self.provenance_watermarks,
         )
 
+    @field_validator("api_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # A header token: a key with spaces or control characters is a typo (a file's trailing
+        # newline, a pasted placeholder), refused at start rather than never matching.
+        if value is None or value.get_secret_value() == "":
+            return None  # set but empty: no key, as before
+        if not re.fullmatch(r"[\x21-\x7e]+", value.get_secret_value()):
+            raise ValueError(
+                "an API key is printable ASCII without spaces (generate one: openssl rand -hex 32)"
+            )
+        return value
+
     @property
     def upload_timeout(self) -> float:
         return self.upload_timeout_s or self.request_timeout_s / 2
@@ -227,11 +391,16 @@ class SettingsError(SystemExit):
     """A bad setting: the one-line message names the variable; the start stops."""
 
 
+SECRET_FIELDS = frozenset({"api_key"})
+
+
 def _explain(error: ValidationError) -> str:
     first = error.errors()[0]
-    name = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else ENV_PREFIX + "*"
+    field = str(first["loc"][0]) if first["loc"] else "*"
+    name = ENV_PREFIX + field.upper()
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"bad setting {name}={first.get('input')!r}: {first['msg']}{more}"
+    shown = "'(hidden)'" if field in SECRET_FIELDS else repr(first.get("input"))
+    return f"bad setting {name}={shown}: {first['msg']}{more}"
 
 
 @functools.cache
@@ -245,21 +414,36 @@ def get_settings() -> Settings:
         raise SettingsError(2) from None
 
 
+def _shown_default(field: Any) -> str:
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, tuple):
+        default = ",".join(default)
+    if default in (None, ""):
+        return "unset"
+    return f"`{str(default).lower() if isinstance(default, bool) else default}`"
+
+
 def markdown_table() -> str:
     """The README's settings table, from the model itself."""
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        if isinstance(default, tuple):
-            default = ",".join(default)
-        shown = (
-            "unset"
-            if default in (None, "")
-            else f"`{str(default).lower() if isinstance(default, bool) else default}`"
-        )
-        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {_shown_default(field)} | {field.description} |")
+    return "\n".join(rows)
+
+
+def threat_of(field: Any) -> str | None:
+    extra = field.json_schema_extra
+    return extra.get(THREAT) if isinstance(extra, dict) else None  # type: ignore[return-value]
+
+
+def security_table() -> str:
+    """SECURITY.md's table of limits: every setting that bounds a client, and why."""
+    rows = ["| setting | default | the threat it answers |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        if (threat := threat_of(field)) is not None:
+            rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {_shown_default(field)} | {threat} |")
     return "\n".join(rows)
 
 
 if __name__ == "__main__":
-    print(markdown_table())
+    print(security_table() if sys.argv[1:] == ["security"] else markdown_table())

@@ -1,10 +1,14 @@
 """The web page for people: `/ui/` (HTML), its assets under `/ui/assets/` (plain files from
 serving/ui/, no build step, nothing fetched from elsewhere).
 
-The page talks to the API of the origin it is served from, or to the one named by `?api=`
-(`/ui/?api=https://host:port`); the Content-Security-Policy then lets it connect to that
-origin too, and to nothing else. The same folder also works served as static files from any
-other origin (index.html?api=...), where that server's headers apply."""
+The page talks to the API of the origin it is served from, or to another named by `?api=`
+(`/ui/?api=https://host:port`) if the operator allowed that origin (DEEPFAKE_UI_API_ORIGINS):
+the page sends the API key a person types into it to the server it talks to, so a link to
+this page naming someone else's server must not work. The Content-Security-Policy lets the
+page connect to its own origin and exactly the allowed ones, whatever `?api=` says; the page
+reads the allowed list from its `data-api-origins` attribute and says when `?api=` names
+another. The same folder also works served as static files from any other origin
+(index.html?api=...), where that server's headers apply (no attribute: any origin)."""
 
 from __future__ import annotations
 
@@ -44,11 +48,11 @@ def api_origin(value: str | None) -> str | None:
     return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
-def content_security_policy(connect_to: str | None = None) -> str:
+def content_security_policy(connect_to: tuple[str, ...] = ()) -> str:
     """Nothing from outside: scripts and styles from this origin only (no inline script), images
     also as data: (heatmaps) and blob: (the chosen file), and requests to this origin plus
-    `connect_to` (an origin from `api_origin`)."""
-    connect = " ".join(["'self'", *([connect_to] if connect_to else [])])
+    `connect_to` (origins checked by `api_origin`)."""
+    connect = " ".join(["'self'", *connect_to])
     return "; ".join(
         [
             "default-src 'self'",
@@ -85,26 +89,35 @@ class _WithHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def add_ui(app: FastAPI) -> None:
-    """The page at `/ui/` (`/ui` redirects there, keeping the query) and its assets at
-    `/ui/assets/`. Call it before `add_docs_and_fallback`: the fallback route must stay last.
-    Without the page's files (a Bento built without serving/ui/) the API serves without it."""
+def add_ui(
+    app: FastAPI,
+    api_origins: tuple[str, ...] = (),
+    *,
+    page: str = "/ui/",
+    redirect: str = "/ui",
+    assets: str = "/ui/assets",
+) -> None:
+    """The page at `page` (`redirect` redirects there, keeping the query) and its assets under
+    `assets` (the paths are the route table's: serving/routes.py); `api_origins`: the other API
+    origins the page may talk to (each checked by `api_origin`). Call it before
+    `add_docs_and_fallback`: the fallback route must stay last. Without the page's files (a
+    Bento built without serving/ui/) the API serves without it."""
     if not (UI_DIR / "index.html").is_file():
         logger.warning("no web page: %s is missing; /ui is not served", UI_DIR / "index.html")
         return
-    page = (UI_DIR / "index.html").read_text(encoding="utf-8")
+    allowed = tuple(origin for origin in api_origins if api_origin(origin) == origin)
+    html = (UI_DIR / "index.html").read_text(encoding="utf-8")
+    html = html.replace("<html ", f'<html data-api-origins="{" ".join(allowed)}" ', 1)
+    csp = content_security_policy(allowed)
 
     async def ui_page(request: Request) -> Response:
-        api = api_origin(request.query_params.get("api"))
-        own = f"{request.url.scheme}://{request.url.netloc}"
-        csp = content_security_policy(api if api and api != own else None)
-        return HTMLResponse(page, headers=_headers(csp))
+        return HTMLResponse(html, headers=_headers(csp))
 
     async def ui_redirect(request: Request) -> Response:
         query = request.url.query
-        return RedirectResponse("/ui/" + (f"?{query}" if query else ""), status_code=307)
+        return RedirectResponse(page + (f"?{query}" if query else ""), status_code=307)
 
-    app.add_api_route("/ui/", ui_page, methods=["GET", "HEAD"], include_in_schema=False)
-    app.add_api_route("/ui", ui_redirect, methods=["GET", "HEAD"], include_in_schema=False)
-    assets = StaticFiles(directory=UI_DIR / "assets")
-    app.mount("/ui/assets", _WithHeaders(assets, _headers(content_security_policy())), name="ui-assets")
+    app.add_api_route(page, ui_page, methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route(redirect, ui_redirect, methods=["GET", "HEAD"], include_in_schema=False)
+    files = StaticFiles(directory=UI_DIR / "assets")
+    app.mount(assets, _WithHeaders(files, _headers(content_security_policy())), name="ui-assets")

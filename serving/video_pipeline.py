@@ -3,16 +3,25 @@ upload (spooled to a file) -> worker process (probe, decode the sampled frames, 
 -> model batches (each batch of frames as it arrives: decoding and the model overlap)
 -> tracks (serving/tracks.py) -> the answer.
 
+Crops stream: each batch of frames' crops goes to the model as it arrives and is dropped once
+scored; at most MAX_BATCHES_WITH_THE_MODEL batches wait for the model at once (past that, the
+worker's messages wait, and so does the worker). A video's crops (300 frames x 20 faces would be
+~460 MB) are never all in memory. Heatmaps (`explain`) need the crop of each track's most-fake
+frame, known only at the end: those few frames are decoded again.
+
 The worker pool's size is the video concurrency cap; a few more requests may wait for a
 worker, past that a video request answers 503 at once, so videos cannot take the service
-from image requests."""
+from image requests. The jobs have a pipeline (and a pool) of their own (service.py), so the
+synchronous route and the jobs cannot starve each other."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +33,7 @@ from preprocessing.errors import InputError
 from preprocessing.faces import Face
 from preprocessing.video import VideoLimits
 from serving.errors import Overloaded, ServiceError
+from serving.forms import sampling
 from serving.observability import record_verdict
 from serving.pipeline import Explain, Predict
 from serving.provenance import Provenance, ProvenanceReader
@@ -34,13 +44,15 @@ from serving.video_worker import (
     Progress,
     VideoAnalysis,
     VideoRequest,
-    VideoWorkerError,
+    VideoWorkerDied,
     VideoWorkerPool,
     concat_crops,
 )
 
 # Requests that may wait for a busy worker, per worker; past them: 503 SERVICE_OVERLOADED.
 QUEUE_PER_WORKER = 2
+# Batches of frames (VideoRequest.detect_batch each) whose crops wait for the model at once.
+MAX_BATCHES_WITH_THE_MODEL = 2
 
 
 class VideoDecodeFailed(ServiceError):
@@ -97,6 +109,9 @@ class VideoPipeline:
         timeout_s: float | None = None,
         explain: bool = False,
     ) -> VideoResponse:
+        frames, fps = sampling(frames, fps, self.limits.max_frames)
+        if explain and self.explain is None:
+            raise InputError(422, "EXPLAIN_UNAVAILABLE", "This server computes no heatmaps")
         if self._waiting >= self.pool.size * (1 + QUEUE_PER_WORKER):
             raise Overloaded()
         started = time.perf_counter()
@@ -107,23 +122,7 @@ class VideoPipeline:
             max_faces=self.max_faces,
             limits=self.limits,
         )
-        scoring: list[asyncio.Task[np.ndarray]] = []
-        model_s = 0.0
-
-        async def score(crops: np.ndarray) -> np.ndarray:
-            nonlocal model_s
-            t0 = time.perf_counter()
-            raw = await self.predict(crops)
-            model_s += time.perf_counter() - t0
-            return raw
-
-        def arrived(update: Progress) -> None:
-            crops = concat_crops(update.frames)
-            if len(crops):  # this batch of frames' crops go to the model while decoding goes on
-                scoring.append(asyncio.ensure_future(score(crops)))
-            if progress is not None:
-                progress(update.done, update.total)
-
+        timeout_s = timeout_s or self.timeout_s
         self._waiting += 1
         # The file's Content Credentials are read in a thread while the decoder process works (the
         # open file outlives its deletion by the caller, on an error answer).
@@ -134,44 +133,102 @@ class VideoPipeline:
         )
         try:
             pool = await self._pool()
-            analysis = await pool.analyze(
-                path, request, timeout_s=timeout_s or self.timeout_s, progress=arrived
-            )
-            raw = [float(r) for batch in await asyncio.gather(*scoring) for r in batch]
+            analysis, raw, model_s = await self._analyze(pool, path, request, timeout_s, progress)
             declared = await provenance if provenance is not None else None
-        except VideoWorkerError as exc:
-            if "exited" in str(exc):
-                raise VideoDecodeFailed() from None
-            raise
+            response = self._response(analysis, raw, started, model_s, declared)
+            if explain and response.tracks:
+                await self._explain_tracks(pool, path, request, timeout_s, analysis, response)
+        except VideoWorkerDied:
+            raise VideoDecodeFailed() from None
         finally:
             self._waiting -= 1
-            for task in scoring:
-                task.cancel()
-        response = self._response(analysis, raw, started, model_s, declared)
-        if explain and response.tracks:
-            await self._explain_tracks(analysis, response)
         record_verdict("detect_video", response.verdict, len(response.tracks))
         return response
 
-    async def _explain_tracks(self, analysis: VideoAnalysis, response: VideoResponse) -> None:
-        """A heatmap per track, on its most-fake frame: one batched call for all tracks."""
-        if self.explain is None:
-            raise InputError(422, "EXPLAIN_UNAVAILABLE", "This server computes no heatmaps")
+    async def _analyze(
+        self,
+        pool: VideoWorkerPool,
+        path: Path,
+        request: VideoRequest,
+        timeout_s: float,
+        progress: Callable[[int, int], None] | None,
+    ) -> tuple[VideoAnalysis, list[float], float]:
+        """The worker's analysis (boxes only) and the model's output for every crop, in order:
+        each batch of crops is scored as it arrives, a bounded number at a time."""
+        scoring: deque[asyncio.Task[np.ndarray]] = deque()
+        raw: list[float] = []
+        model_s = 0.0
+
+        async def score(crops: np.ndarray) -> np.ndarray:
+            nonlocal model_s
+            t0 = time.perf_counter()
+            out = await self.predict(crops)
+            model_s += time.perf_counter() - t0
+            return out
+
+        async def arrived(update: Progress) -> None:
+            crops = concat_crops(update.frames)
+            if len(crops):  # this batch of frames' crops go to the model while decoding goes on
+                scoring.append(asyncio.ensure_future(score(crops)))
+                while len(scoring) > MAX_BATCHES_WITH_THE_MODEL:  # the worker waits meanwhile
+                    raw.extend(float(r) for r in await scoring.popleft())
+            if progress is not None:
+                progress(update.done, update.total)
+
+        try:
+            analysis = await pool.analyze(
+                path, request, timeout_s=timeout_s, progress=arrived, keep_crops=False
+            )
+            while scoring:
+                raw.extend(float(r) for r in await scoring.popleft())
+        finally:
+            for task in scoring:
+                task.cancel()
+        return analysis, raw, model_s
+
+    async def _explain_tracks(
+        self,
+        pool: VideoWorkerPool,
+        path: Path,
+        request: VideoRequest,
+        timeout_s: float,
+        analysis: VideoAnalysis,
+        response: VideoResponse,
+    ) -> None:
+        """A heatmap per track, on its most-fake frame: those frames decoded again (the crops
+        were not kept), then one batched call for all tracks."""
+        assert self.explain is not None
+        best = {
+            track.track_id: max(track.frames, key=lambda f: f.fake_probability) for track in response.tracks
+        }
+        times = tuple(sorted({frame.time for frame in best.values()}))
+        again = await pool.analyze(
+            path, dataclasses.replace(request, times=times, frames=None, fps=None), timeout_s=timeout_s
+        )
         chosen = []
         for track in response.tracks:
-            best = max(track.frames, key=lambda f: f.fake_probability)
-            frame = next(f for f in analysis.frames if f.time_s == best.time)
-            index = min(
-                range(len(frame.boxes)),
-                key=lambda j: sum(abs(a - b) for a, b in zip(frame.boxes[j], best.box, strict=True)),
-            )
-            chosen.append((track, best, frame.crops[index], frame.boxes[index]))
-        packed = await self.explain(np.stack([crop for _, _, crop, _ in chosen]))
-        for (track, best, _, box), (cells, laid) in zip(chosen, unpack_maps(packed), strict=True):
-            square = crop_square(Face(tuple(round(v) for v in box), 1.0, {}), margin=self.spec.face_margin)
+            frame = next((f for f in again.frames if f.time_s == best[track.track_id].time), None)
+            if frame is None or not len(frame.crops):
+                continue  # the frame did not decode the second time: no heatmap for this track
+            if frame.whole_frame:  # no face detection: the whole frame was the crop
+                index, square = 0, [0, 0, analysis.info.width, analysis.info.height]
+            else:
+                index = min(
+                    range(len(frame.boxes)),
+                    key=lambda j: sum(
+                        abs(a - b) for a, b in zip(frame.boxes[j], best[track.track_id].box, strict=True)
+                    ),
+                )
+                face = Face(tuple(round(v) for v in frame.boxes[index]), 1.0, {})
+                square = list(crop_square(face, margin=self.spec.face_margin).box)
+            chosen.append((track, frame.crops[index], square))
+        if not chosen:
+            return
+        packed = await self.explain(np.stack([crop for _, crop, _ in chosen]))
+        for (track, _, square), (cells, laid) in zip(chosen, unpack_maps(packed), strict=True):
             png = base64.b64encode(heatmap_png(laid)).decode()
-            track.heatmap = Heatmap(png=png, box=list(square.box), map_size=list(cells))
-            track.heatmap_time = best.time
+            track.heatmap = Heatmap(png=png, box=square, map_size=list(cells))
+            track.heatmap_time = best[track.track_id].time
 
     def _response(
         self,

@@ -13,11 +13,22 @@ with asyncio's subprocess support (no fork of the API process, which holds Tenso
 threads); requests and results are length-prefixed pickles on its stdin/stdout, read with
 asyncio streams, so the event loop never blocks on a worker.
 
+The worker parses hostile files with native code, so the API process trusts nothing it sends:
+a message's length is checked against what the request can produce (`message_bound`) before
+a byte of it is read, and it is unpickled by `_SafeUnpickler`, which builds only the classes
+of this exchange and numpy arrays (no other global: no code of the worker's choosing runs in
+the API process). A message over its bound or naming anything else kills that worker.
+
+Crops are not kept: `analyze(..., keep_crops=False)` hands each batch of frames to `progress`
+(the caller scores them as they arrive) and keeps their boxes only, so a video's crops are
+never all in memory at once.
+
 What happens when:
 - the deadline (`timeout_s`, from the moment a worker takes the request) or the stall limit
   (`stall_timeout_s` without a message) passes: the worker is killed (SIGKILL), a new one is
   started in the background, and `analyze` raises InputError(422, "VIDEO_TIMEOUT").
-- the worker dies (a crash in FFmpeg, the OOM killer): a new one is started and `analyze`
+- the worker dies (a crash in FFmpeg, the OOM killer), or sends a message over its bound or
+  naming a class outside the exchange: it is killed, a new one is started and `analyze`
   raises `VideoWorkerError` (a server-side fault: the lead maps it to a 5xx). An unexpected
   exception inside the worker is a VideoWorkerError too, with its traceback; that worker stays.
 - the awaiting task is cancelled (a job cancelled, a client gone): the worker is killed and
@@ -32,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import json
 import logging
@@ -72,6 +84,9 @@ ROOT = Path(__file__).resolve().parents[1]
 Box = tuple[int, int, int, int]
 _HEADER = struct.Struct(">Q")
 TEST_HOOKS_ENV = "DEEPFAKE_VIDEO_TEST_HOOKS"  # set by the pool only when test_hooks=True
+# Room in a message beside its crops: boxes, scores, the video's header, the stats, a traceback.
+MESSAGE_SLACK_BYTES = 1024 * 1024
+READY_BOUND_BYTES = 64 * 1024
 
 
 # -- requests and results ----------------------------------------------------------------------
@@ -120,8 +135,14 @@ class FrameFaces:
     pts_s: float  # timestamp of the frame shown at that time
     boxes: tuple[Box, ...]
     scores: tuple[float, ...]
-    crops: np.ndarray  # (k, H, W, 3) uint8
+    crops: np.ndarray  # (k, H, W, 3) uint8; empty once handed on (analyze's keep_crops=False)
     whole_frame: bool = False
+
+    @property
+    def crop_count(self) -> int:
+        """The crops cut from this frame (also once they are dropped): one per face, or the
+        whole frame."""
+        return 1 if self.whole_frame else len(self.boxes)
 
 
 @dataclass
@@ -168,15 +189,15 @@ def concat_crops(frames: Sequence[FrameFaces]) -> np.ndarray:
 def frame_detections(
     frames: Sequence[FrameFaces], p_fake: Sequence[float], video_size: tuple[int, int]
 ) -> list[FrameDetections]:
-    if len(p_fake) != sum(len(f.crops) for f in frames):
+    if len(p_fake) != sum(f.crop_count for f in frames):
         raise ValueError("one P(fake) per crop is needed")
     out: list[FrameDetections] = []
     position = 0
     for frame in frames:
         boxes = frame.boxes if not frame.whole_frame else ((0, 0, *video_size),)
         scores = frame.scores if not frame.whole_frame else (1.0,)
-        values = p_fake[position : position + len(frame.crops)]
-        position += len(frame.crops)
+        values = p_fake[position : position + frame.crop_count]
+        position += frame.crop_count
         detections = tuple(Detection(b, s, float(p)) for b, s, p in zip(boxes, scores, values, strict=True))
         out.append(FrameDetections(frame.time_s, detections))
     return out
@@ -192,6 +213,54 @@ class Progress:
 
 class VideoWorkerError(RuntimeError):
     """The worker failed for a reason of the server's (it died, or raised unexpectedly)."""
+
+
+class VideoWorkerDied(VideoWorkerError):
+    """The worker died on the request, or was killed for what it sent: as far as anyone can
+    tell, the file's doing."""
+
+
+class _MessageRefused(VideoWorkerError):
+    """A message from the worker over its bound, or naming a global outside the exchange."""
+
+
+def message_bound(request: VideoRequest) -> int:
+    """The largest message a worker can send for `request`: a batch of `detect_batch` frames,
+    each with its crops (at most `max_faces`, or the whole frame), plus room for the rest."""
+    height, width = request.input_size
+    crops = request.detect_batch * max(request.max_faces, 1)
+    return crops * height * width * 3 + MESSAGE_SLACK_BYTES
+
+
+# What a worker's messages may name: the exchange's own classes and numpy arrays.
+_ALLOWED_GLOBALS = {
+    ("serving.video_worker", "FrameFaces"),
+    ("serving.video_worker", "AnalysisStats"),
+    ("preprocessing.video", "VideoInfo"),
+    *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+      for name in ("_reconstruct", "scalar")),
+    *((module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}  # fmt: skip
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise _MessageRefused(f"the video worker's message names {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _unpickle(data: bytes) -> Any:
+    import io
+
+    try:
+        return _SafeUnpickler(io.BytesIO(data)).load()
+    except _MessageRefused:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a malformed message is the worker's fault
+        raise _MessageRefused(f"the video worker sent a malformed message: {type(exc).__name__}") from None
 
 
 # -- the face detector, behind the interface preprocessing.faces is moving to ---------------------
@@ -386,11 +455,18 @@ class _Worker:
         self.process.stdin.write(_HEADER.pack(len(data)) + data)
         await self.process.stdin.drain()
 
-    async def recv(self) -> tuple[Any, ...]:
+    async def recv(self, bound: int) -> tuple[Any, ...]:
+        """The next message; _MessageRefused, before anything more is read, if its length is
+        over `bound`, or if it names a global outside the exchange."""
         assert self.process.stdout is not None
         header = await self.process.stdout.readexactly(_HEADER.size)
         (size,) = _HEADER.unpack(header)
-        return pickle.loads(await self.process.stdout.readexactly(size))
+        if size > bound:
+            raise _MessageRefused(f"the video worker sent a message of {size} bytes (bound: {bound})")
+        message = _unpickle(await self.process.stdout.readexactly(size))
+        if not isinstance(message, tuple) or not message or not isinstance(message[0], str):
+            raise _MessageRefused("the video worker sent something that is not a message")
+        return message
 
     async def kill(self) -> None:
         if self.alive:
@@ -482,7 +558,7 @@ class VideoWorkerPool:
         self._workers.add(worker)
         try:
             async with asyncio.timeout(self.start_timeout_s):
-                message = await worker.recv()
+                message = await worker.recv(READY_BOUND_BYTES)
             if message[0] != "ready":
                 raise VideoWorkerError(f"video worker sent {message[0]!r} instead of ready")
         except BaseException:
@@ -529,15 +605,20 @@ class VideoWorkerPool:
         timeout_s: float,
         stall_timeout_s: float | None = None,
         progress: ProgressCallback | None = None,
+        keep_crops: bool = True,
     ) -> VideoAnalysis:
         """Analyse the video at `path` in a worker. Waits for a free worker first (not counted
-        in `timeout_s`). `progress` (sync or async) is called as each batch of frames arrives."""
+        in `timeout_s`). `progress` (sync or async) is called as each batch of frames arrives;
+        `keep_crops=False`: the frames keep their boxes, their crops are dropped once `progress`
+        has returned (the caller took them)."""
         if self._closed:
             raise VideoWorkerError("the video worker pool is closed")
         worker = await self._take()
         healthy = False
         try:
-            result = await self._run(worker, str(path), request, timeout_s, stall_timeout_s, progress)
+            result = await self._run(
+                worker, str(path), request, timeout_s, stall_timeout_s, progress, keep_crops
+            )
             healthy = True
             return result
         except InputError as exc:
@@ -561,8 +642,10 @@ class VideoWorkerPool:
         timeout_s: float,
         stall_timeout_s: float | None,
         progress: ProgressCallback | None,
+        keep_crops: bool,
     ) -> VideoAnalysis:
         loop = asyncio.get_running_loop()
+        bound = message_bound(request)
         started = loop.time()
         deadline = started + timeout_s
         info: VideoInfo | None = None
@@ -577,15 +660,18 @@ class VideoWorkerPool:
                 if wait <= 0:
                     raise TimeoutError
                 async with asyncio.timeout(wait):
-                    message = await worker.recv()
+                    message = await worker.recv(bound)
                 kind = message[0]
                 if kind == "info":
                     info, total = message[1], message[2]
                     await _call(progress, Progress(0, total, [], info))
                 elif kind == "frames":
-                    frames.extend(message[1])
                     assert info is not None
                     await _call(progress, Progress(message[2], total, message[1], info))
+                    if keep_crops:
+                        frames.extend(message[1])
+                    else:
+                        frames.extend(dataclasses.replace(f, crops=_NO_CROPS) for f in message[1])
                 elif kind == "done":
                     assert info is not None
                     frames.sort(key=lambda f: f.index)
@@ -594,6 +680,10 @@ class VideoWorkerPool:
                     raise InputError(message[1], message[2], message[3])
                 else:
                     raise VideoWorkerError(f"the video worker failed:\n{message[1]}")
+        except _MessageRefused as exc:
+            await worker.kill()
+            logger.error("video worker %d killed: %s", worker.pid, exc)
+            raise VideoWorkerDied(f"the video worker was killed: {exc}") from None
         except TimeoutError:
             await worker.kill()
             raise video_timeout(
@@ -601,12 +691,15 @@ class VideoWorkerPool:
             ) from None
         except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
             code = await worker.process.wait()
-            raise VideoWorkerError(
+            raise VideoWorkerDied(
                 f"the video worker exited (code {code}) while processing the video"
             ) from None
         except asyncio.CancelledError:
             await asyncio.shield(worker.kill())
             raise
+
+
+_NO_CROPS = np.zeros((0, 0, 0, 3), np.uint8)
 
 
 async def _call(callback: ProgressCallback | None, progress: Progress) -> None:

@@ -65,9 +65,11 @@ def slow_tag(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def app(served_tag: str) -> Iterator[TestClient]:
-    """The service's ASGI app in this process, default settings, the small legacy model."""
-    with service_app({"DEEPFAKE_MODEL_TAG": served_tag}, bentoml_metrics=True) as client:
+def app(served_tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The service's ASGI app in this process, default settings, the small legacy model; its
+    video jobs in a folder of the session's (not the machine's shared default)."""
+    env = {"DEEPFAKE_MODEL_TAG": served_tag, "DEEPFAKE_JOBS_DIR": str(tmp_path_factory.mktemp("jobs"))}
+    with service_app(env, bentoml_metrics=True) as client:
         yield client
 
 

@@ -133,6 +133,22 @@ def test_graceful_shutdown(k8s: dict[str, dict[str, Any]], container: dict[str, 
     assert pod["terminationGracePeriodSeconds"] > int(pre_stop[1]) + request_timeout
 
 
+def test_the_api_key_comes_from_a_secret_that_holds_none_in_git(
+    k8s: dict[str, dict[str, Any]], container: dict[str, Any]
+) -> None:
+    """SECURITY.md's promise: DEEPFAKE_API_KEY from a Kubernetes Secret. The manifest declares
+    it without a value (a re-apply never overwrites the key set in the cluster), and the pod
+    needs it (no `optional`: no key, no pod, rather than an open service)."""
+    secret = k8s["Secret"]
+    assert "data" not in secret and "stringData" not in secret
+    (key,) = [e for e in container["env"] if e["name"] == "DEEPFAKE_API_KEY"]
+    reference = key["valueFrom"]["secretKeyRef"]
+    assert reference["name"] == secret["metadata"]["name"]
+    assert reference["key"] in (K8S / "secret.yaml").read_text()  # the comment says how to set it
+    assert reference.get("optional", False) is False
+    assert "value" not in key
+
+
 def test_runs_as_non_root(k8s: dict[str, dict[str, Any]], container: dict[str, Any]) -> None:
     pod_security = k8s["Deployment"]["spec"]["template"]["spec"]["securityContext"]
     assert pod_security["runAsNonRoot"] is True

@@ -43,7 +43,7 @@ def assert_edge_answer(response: Any, status: int, code: str) -> None:
 
 @pytest.fixture(scope="module")
 def guarded(served_tag: str) -> Iterator[TestClient]:
-    env = {"DEEPFAKE_MODEL_TAG": served_tag, "DEEPFAKE_API_KEY": "k3y", "DEEPFAKE_RATE_LIMITS": "2/minute"}
+    env = {"DEEPFAKE_MODEL_TAG": served_tag, "DEEPFAKE_API_KEY": "k3y", "DEEPFAKE_RATE_LIMITS": "3/minute"}
     with service_app(env) as app:
         yield app
 
@@ -60,6 +60,7 @@ def test_413_and_429_carry_cors_for_a_cross_origin_request(app: TestClient, guar
     assert_edge_answer(
         guarded.post(DETECT, files={"file": ("a.jpg", JPEG)}, headers=ORIGIN), 401, "UNAUTHORIZED"
     )
+    # The refused request above counted: two more are allowed this minute.
     answers = [guarded.post(DETECT, files={"file": ("a.jpg", JPEG)}, headers=key) for _ in range(3)]
     assert [a.status_code for a in answers] == [200, 200, 429]
     assert_edge_answer(answers[2], 429, "RATE_LIMITED")
@@ -197,7 +198,9 @@ def test_drains_are_capped_in_number_and_not_counted_in_flight() -> None:
     async def answer_early(scope: dict, receive: Any, send: Any) -> None:
         await error_response(errors.bad_request("refused before reading"), "test")(scope, receive, send)
 
-    access = AccessMiddleware(answer_early, guarded=(DETECT,), api_key=None, rate_limits="", max_in_flight=1)
+    access = AccessMiddleware(
+        answer_early, guarded=lambda path: path == DETECT, api_key=None, max_in_flight=1
+    )
     middleware = edge(access, max_drains=2)
 
     async def scenario() -> tuple[list[int], int, list[FakeClient]]:

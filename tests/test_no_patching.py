@@ -1,7 +1,8 @@
 """No monkey-patching: importing the service and building the face detector changes no
-function or class attribute of bentoml, _bentoml_impl, _bentoml_sdk, starlette or mtcnn, but
-the batching wait in the one adapter module (serving/bentoml_adapter.py). A fresh process,
-so that nothing else of the test session has been imported before."""
+function or class attribute of bentoml, _bentoml_impl, _bentoml_sdk, starlette, uvicorn or
+mtcnn, but the batching wait and the HTTP server's load (header timeout) in the one adapter
+module (serving/bentoml_adapter.py). A fresh process, so that nothing else of the test session
+has been imported before."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ import sys
 
 from tests.helpers import ROOT
 
-PACKAGES = ("bentoml", "_bentoml_impl", "_bentoml_sdk", "starlette", "mtcnn")
-# What serving/bentoml_adapter.py changes, and nothing else may.
+PACKAGES = ("bentoml", "_bentoml_impl", "_bentoml_sdk", "starlette", "uvicorn", "mtcnn")
+# What serving/bentoml_adapter.py changes, and nothing else may (both guarded by versions:
+# tests/test_bentoml_adapter.py).
 ALLOWED = {
     "bentoml._internal.marshal.dispatcher.Optimizer.trigger_refresh",
     "bentoml._internal.marshal.dispatcher.Optimizer._greedy",
+    "uvicorn.config.Config.load",
+    "uvicorn.config.Config._deepfake_adapted",
+    "uvicorn.config.Config._header_timeout_s",
 }
 
 SNAPSHOT = """
@@ -30,7 +35,8 @@ ours = ("service", "serving", "preprocessing", "modeling", "training")
 for name in (*packages, "_bentoml_impl.server.app", "_bentoml_impl.client", "_bentoml_impl.serde",
              "_bentoml_sdk.service", "_bentoml_sdk.service.openapi", "bentoml._internal.context",
              "bentoml._internal.marshal.dispatcher", "starlette.applications", "starlette.routing",
-             "starlette.middleware.cors", "starlette.formparsers", "mtcnn.stages"):
+             "starlette.middleware.cors", "starlette.formparsers", "uvicorn.config",
+             "uvicorn.protocols.http.h11_impl", "mtcnn.stages"):
     importlib.import_module(name)
 
 def theirs():

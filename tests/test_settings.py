@@ -26,6 +26,10 @@ from tests.helpers import ROOT
         ("RATE_LIMITS", "50 per hour"),
         ("REQUEST_TIMEOUT_S", "-1"),
         ("BATCH_POLICY", "eager"),
+        ("TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("UI_API_ORIGINS", "https://api.example.org/path"),
+        ("HEADER_TIMEOUT_S", "60"),
+        ("KEY_FAILURE_LIMITS", "often"),
     ],
 )
 def test_a_bad_value_names_its_variable(
@@ -81,3 +85,42 @@ def test_the_server_does_not_start_on_a_bad_setting() -> None:
     assert run.returncode != 0
     assert "bad setting DEEPFAKE_LOG_FORMAT='jsno'" in run.stderr, run.stderr[-2000:]
     assert "Traceback" not in run.stderr, run.stderr[-2000:]
+
+
+# Settings that bound nothing a client can make the server do: what to serve, how to batch,
+# how to judge, where to write, how to log. Every other setting is a limit and says which
+# threat it answers; a new setting must be put on one side or the other.
+NOT_LIMITS = {
+    "model_tag", "max_batch_size", "max_latency_ms", "batch_policy", "api_workers", "face_detection",
+    "require_face", "face_detector", "face_min_score", "detect_max_side", "video_frames", "jobs_dir",
+    "log_format",
+}  # fmt: skip
+
+
+def test_every_limit_says_which_threat_it_answers() -> None:
+    from serving.settings import threat_of
+
+    unclassified = {name for name, field in Settings.model_fields.items() if threat_of(field) is None}
+    assert unclassified == NOT_LIMITS
+
+
+def test_security_md_lists_every_limit_as_the_settings_model_does() -> None:
+    from serving.settings import security_table
+
+    security = (ROOT / "SECURITY.md").read_text()
+    assert security_table() in security, "SECURITY.md's limits are stale: python -m serving.settings security"
+
+
+def test_a_bad_api_key_is_named_but_not_shown(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key with a newline (a file's) would never match: refused at start, without printing it."""
+    monkeypatch.setenv("DEEPFAKE_API_KEY", "s3cret-from-a-file\n")
+    get_settings.cache_clear()
+    with pytest.raises(SettingsError):
+        get_settings()
+    get_settings.cache_clear()
+    message = capsys.readouterr().err
+    assert "DEEPFAKE_API_KEY" in message and "s3cret" not in message
+    monkeypatch.setenv("DEEPFAKE_API_KEY", "")
+    assert Settings().api_key is None  # set but empty: no key, as before

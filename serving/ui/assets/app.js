@@ -79,7 +79,14 @@ function parseOrigin(text) {
 }
 
 const given = new URLSearchParams(window.location.search).get('api');
-const API = (given && parseOrigin(given)) || window.location.origin;
+// Served by the API itself, the page may talk to the origins its operator allowed (the
+// server's DEEPFAKE_UI_API_ORIGINS, also its Content-Security-Policy); as static files from
+// elsewhere (no such list), to any: that server's headers decide.
+const allowedList = document.documentElement.dataset.apiOrigins;
+const allowed = (origin) =>
+  origin === window.location.origin || allowedList === undefined || allowedList.split(' ').includes(origin);
+const wanted = given && parseOrigin(given);
+const API = (wanted && allowed(wanted) && wanted) || window.location.origin;
 const KEY_SLOT = `deepfake-ui:key:${API}`;
 
 // ---- The API key, kept in this tab only
@@ -947,8 +954,10 @@ function showKeyState() {
 // ---- Start
 
 ui.apiOrigin.textContent = API;
-if (given && !parseOrigin(given)) {
+if (given && !wanted) {
   showError(`"${given}" is not a server address (scheme://host:port); using ${API}.`);
+} else if (wanted && !allowed(wanted)) {
+  showError(`This page may not talk to ${wanted}: its server allows only the servers its operator named; using ${API}.`);
 }
 if (given) ui.apiField.value = API;
 for (const link of parts('docs-link')) link.href = `${API}/api/v1/docs`;
