@@ -282,14 +282,18 @@ class Settings(BaseSettings):
         description="read each upload's provenance (C2PA Content Credentials, the IPTC digital source "
         "type in XMP, known watermarks) and report it beside the verdict",
     )
-    provenance_trust_anchors: str = Field(
+    provenance_trust_anchors: str = limit(
         "",
+        "who may set a verdict: a valid manifest signed under one of these CAs that declares AI generation "
+        "makes it `likely_fake` whatever the model says (none by default)",
         description="a PEM file of the certificate authorities to trust: a valid manifest signed under one "
         "of them that declares AI generation makes the verdict `likely_fake` (empty: none, nothing is "
         "trusted, provenance never changes a verdict)",
     )
-    provenance_remote_manifests: bool = Field(
+    provenance_remote_manifests: bool = limit(
         False,
+        "requests from the server to URLs the uploader chose (SSRF): off, a manifest a file only points "
+        "to is reported, not fetched; OCSP is never fetched",
         description="fetch a C2PA manifest that a file only points to: a request to a URL the uploader "
         "chose, from the server (off: reported, not fetched)",
     )
