@@ -34,6 +34,7 @@ from serving.forms import form_kinds
 from serving.multipart import Upload, read_form
 from serving.observability import configure_logging, metrics
 from serving.pipeline import DetectionPipeline, FaceSettings
+from serving.provenance import ProvenanceReader
 from serving.reports import health_report, health_response, job_report, model_info_report
 from serving.routes import ROUTES, answer, answer_json, app_route, finish_app, make_app
 from serving.schemas import (
@@ -176,9 +177,10 @@ class DeepfakeDetector:
         if SETTINGS.face_detection:
             detector = load_detector(self.detector_name, **self._detector_options())
         faces = FaceSettings(require=SETTINGS.require_face, max_faces=SETTINGS.max_faces)
+        self.provenance = ProvenanceReader(SETTINGS.provenance_options)  # README, "Provenance"
         self.pipeline = DetectionPipeline(
             self.spec, str(self.model_ref.tag), SETTINGS.limits, self._predict, detector, faces,
-            SETTINGS.decode_concurrency, explain=self._explain,
+            SETTINGS.decode_concurrency, explain=self._explain, provenance=self.provenance,
         )  # fmt: skip
         self._init_video()
 
@@ -212,7 +214,7 @@ class DeepfakeDetector:
                     detector_options=self._detector_options(),
                 ),
                 SETTINGS.video_limits, timeout_s=timeout_s, max_faces=SETTINGS.max_faces,
-                default_frames=SETTINGS.video_frames, explain=self._explain,
+                default_frames=SETTINGS.video_frames, explain=self._explain, provenance=self.provenance,
             )  # fmt: skip
 
         # Decoder processes of their own for the synchronous route and for the jobs, so that

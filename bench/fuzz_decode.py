@@ -7,8 +7,11 @@
 Same oracle as the test (`tests.test_fuzz_decode.check_upload`): every input either decodes to
 an RGB image within the limits that survives tensor + normalise + the seven variants, or is
 refused with an `InputError` carrying a 4xx status; never another exception, never more than
-the time budget. Findings are not fatal: each distinct one (exception type and where it was
-raised, or "slow") is printed once with its traceback and saved under --out as the input that
+the time budget. Every input also goes through the provenance reader (C2PA Content
+Credentials, XMP, watermarks: `check_provenance`), which must answer in time, never raise and
+trust only an intact manifest; the seeds include files signed with Content Credentials.
+Findings are not fatal: each distinct one (exception type and where it was raised, or "slow")
+is printed once with its traceback and saved under --out as the input that
 caused it; the run goes on. Prints iterations, rate and outcomes every --report seconds and a
 summary at the end; exits 1 when anything was found.
 
@@ -228,13 +231,15 @@ def main() -> None:
         import atheris
 
         # Before anything imports them: coverage feedback from Pillow's Python side and ours.
-        with atheris.instrument_imports(include=["PIL", "preprocessing"]):
+        with atheris.instrument_imports(include=["PIL", "preprocessing", "serving.provenance"]):
             import PIL.Image  # noqa: F401
             import PIL.ImageOps  # noqa: F401
 
             import preprocessing.augment  # noqa: F401
             import preprocessing.decode  # noqa: F401
             import preprocessing.tensor  # noqa: F401
+            import preprocessing.watermark  # noqa: F401
+            import serving.provenance  # noqa: F401
     warnings.simplefilter("ignore")  # Pillow's warnings about the corrupt EXIF the mutations make
     campaign = Campaign(args.seconds, args.out, args.report, draft)
     print(f"fuzz_decode: engine {engine}, {args.seconds:.0f} s, limits {campaign.fuzz.LIMITS}", flush=True)

@@ -28,6 +28,8 @@ from preprocessing.decode import DecodeLimits, decode_upload
 from preprocessing.faces import Face, FaceDetector, clip_box, crop_face
 from preprocessing.tensor import to_input_array
 from serving.observability import record_verdict
+from serving.provenance import Provenance, ProvenanceReader
+from serving.provenance import reason as provenance_reason
 from serving.schemas import (
     AugmentedDebugInfo,
     AugmentedFace,
@@ -85,6 +87,7 @@ class Prepared:
     faces: list[Face]  # the faces the crops were cut from (empty unless kind is "photo")
     image_size: tuple[int, int]  # (width, height) of the decoded, upright image
     kind: InputKind
+    provenance: Provenance | None = None  # what the file declares (serving/provenance.py)
 
 
 # An upload at most this large on its longer side, and about square, is a crop the client cut
@@ -114,9 +117,11 @@ class DetectionPipeline:
         faces: FaceSettings | None = None,
         decode_concurrency: int = 2,
         explain: Explain | None = None,
+        provenance: ProvenanceReader | None = None,
     ) -> None:
         self.spec = spec
         self.explain = explain
+        self.provenance = provenance
         self.model_tag = model_tag
         self.limits = limits
         self.predict = predict
@@ -144,12 +149,19 @@ class DetectionPipeline:
         height, width = self.spec.input_size
         if self.detector is None:
             image = decode_upload(data, self.limits, draft_size=(width, height))
-            return Prepared([to_input_array(image, self.spec.input_size)], [], image.size, "whole_image")
+            return Prepared(
+                [to_input_array(image, self.spec.input_size)], [], image.size, "whole_image",
+                self._provenance(data, image),
+            )  # fmt: skip
         image = decode_upload(data, self.limits, draft_size=(DRAFT_SIDE, DRAFT_SIDE))
+        provenance = self._provenance(data, image)
         if is_face_crop(image.size):
-            return Prepared([to_input_array(image, self.spec.input_size)], [], image.size, "face_crop")
+            crop = to_input_array(image, self.spec.input_size)
+            return Prepared([crop], [], image.size, "face_crop", provenance)
         faces = self.detector.detect(image, max_faces=self.faces.max_faces)
-        if not faces and self.faces.required(require_face, legacy=False):
+        # A trusted declaration of AI generation is a verdict even with no face (README, "Provenance").
+        decided = provenance is not None and provenance.decides
+        if not faces and self.faces.required(require_face, legacy=False) and not decided:
             raise errors.no_face(FACE_CROP_MAX_SIDE)
         crops = [
             to_input_array(
@@ -164,7 +176,11 @@ class DetectionPipeline:
             )
             for face in faces
         ]
-        return Prepared(crops, faces, image.size, "photo")
+        return Prepared(crops, faces, image.size, "photo", provenance)
+
+    def _provenance(self, data: bytes, image: Image.Image) -> Provenance | None:
+        """What the upload declares (it never raises: a hostile manifest is reported invalid)."""
+        return self.provenance.read_image(data, image) if self.provenance is not None else None
 
     def _boxes(self, prepared: Prepared) -> list[tuple[list[int], float | None]]:
         """(box, detector score) of each crop: the face's, or the whole upload's."""
@@ -203,11 +219,15 @@ class DetectionPipeline:
         """The image's answer; `judged` None: no face, nothing was shown to the model."""
         height, width = self.spec.input_size
         image = judged.image if judged else None
+        model_verdict = image.verdict if image else "no_face"
+        # A trusted signed declaration of AI generation decides: the legacy fields say "fake" at
+        # 1.0 (the file's own word, not a probability); P(fake) stays the model's.
+        why = provenance_reason(prepared.provenance)
         return DetectResponse(
             # No face: no evidence either way, so the legacy label is the one that accuses no
             # one, at the confidence of a coin; `verdict` says why (README, "No face").
-            prediction=image.prediction if image else "real",
-            confidence=image.confidence if image else 0.5,
+            prediction="fake" if why else image.prediction if image else "real",
+            confidence=1.0 if why else image.confidence if image else 0.5,
             processing_time=time.perf_counter() - started,
             debug_info=DebugInfo(
                 input_shape=[len(prepared.crops), height, width, 3],
@@ -215,7 +235,7 @@ class DetectionPipeline:
                 output_meaning=self.spec.output_meaning,
             ),
             fake_probability=image.fake_probability if image else None,
-            verdict=image.verdict if image else "no_face",
+            verdict="likely_fake" if why else model_verdict,
             model_tag=self.model_tag,
             face_detected=bool(prepared.faces),
             input_kind=prepared.kind,
@@ -231,6 +251,9 @@ class DetectionPipeline:
             if judged
             else [],
             explanation=EXPLANATION if heatmaps else None,
+            provenance=prepared.provenance,
+            reason=why,
+            model_verdict=model_verdict,
         )
 
     async def detect(
@@ -267,8 +290,9 @@ class DetectionPipeline:
         started = time.perf_counter()
         prepared, batch = await self._off_loop(self.augmented_batch, data, require_face)
         if not prepared.crops:
-            record_verdict("detect_augmented", "no_face", 0)
-            return self._no_face_augmented(prepared, started)
+            response = self._no_face_augmented(prepared, started)
+            record_verdict("detect_augmented", response.verdict, 0)
+            return response
         names = list(VARIANTS)
         heatmaps = None
         if explain:  # maps of the original crops, beside the variants' batch
@@ -284,7 +308,8 @@ class DetectionPipeline:
         votes = [vote(self.spec, crop) for crop in per_crop]
         deciding = max(range(len(votes)), key=lambda i: votes[i].fake_probability)
         image = vote(self.spec, per_crop[deciding], self.spec.group_shift(len(votes)))
-        record_verdict("detect_augmented", image.verdict, len(prepared.faces))
+        why = provenance_reason(prepared.provenance)
+        record_verdict("detect_augmented", "likely_fake" if why else image.verdict, len(prepared.faces))
         originals = judge_faces(self.spec, [crop[0] for crop in per_crop])
         return AugmentedResponse(
             original_prediction=self._detect_response(prepared, originals, started, heatmaps),
@@ -297,9 +322,9 @@ class DetectionPipeline:
                 )
                 for name, v in zip(names[1:], image.variants[1:], strict=True)
             ],
-            consensus_prediction="FAKE" if image.consensus == "fake" else "REAL",
-            consensus=image.consensus,
-            average_confidence=image.average_confidence,
+            consensus_prediction="FAKE" if why or image.consensus == "fake" else "REAL",
+            consensus="fake" if why else image.consensus,
+            average_confidence=1.0 if why else image.average_confidence,
             processing_time=time.perf_counter() - started,
             debug_info=AugmentedDebugInfo(
                 predictions_below_threshold=image.fakes,
@@ -307,8 +332,11 @@ class DetectionPipeline:
                 threshold=DECISION_POINT,
                 input_size=list(self.spec.input_size),
             ),
-            verdict=image.verdict,
+            verdict="likely_fake" if why else image.verdict,
             face_detected=bool(prepared.faces),
+            provenance=prepared.provenance,
+            reason=why,
+            model_verdict=image.verdict,
             faces=[
                 AugmentedFace(
                     box=box,
@@ -326,13 +354,15 @@ class DetectionPipeline:
         )
 
     def _no_face_augmented(self, prepared: Prepared, started: float) -> AugmentedResponse:
-        """No face, nothing judged: the legacy fields at their non-accusing values (see detect)."""
+        """No face, nothing judged: the legacy fields at their non-accusing values (see detect),
+        unless the file's trusted provenance decides."""
+        why = provenance_reason(prepared.provenance)
         return AugmentedResponse(
             original_prediction=self._detect_response(prepared, None, started),
             augmented_predictions=[],
-            consensus_prediction="REAL",
-            consensus="real",
-            average_confidence=0.5,
+            consensus_prediction="FAKE" if why else "REAL",
+            consensus="fake" if why else "real",
+            average_confidence=1.0 if why else 0.5,
             processing_time=time.perf_counter() - started,
             debug_info=AugmentedDebugInfo(
                 predictions_below_threshold=0,
@@ -340,9 +370,12 @@ class DetectionPipeline:
                 threshold=DECISION_POINT,
                 input_size=list(self.spec.input_size),
             ),
-            verdict="no_face",
+            verdict="likely_fake" if why else "no_face",
             face_detected=False,
             faces=[],
+            provenance=prepared.provenance,
+            reason=why,
+            model_verdict="no_face",
         )
 
 

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from serving.provenance import Provenance
+
 Label = Literal["real", "fake"]
 Verdict = Literal["likely_fake", "uncertain", "likely_real", "no_face"]
 # photo: faces were looked for (`faces`); face_crop: the upload is about the model's input size,
@@ -20,6 +22,13 @@ VERDICT = (
     "What a person may conclude (new): likely_fake / likely_real outside the model's uncertain band "
     "of P(fake), uncertain inside it, no_face when nothing was judged"
 )
+# Provenance (serving/provenance.py, README "Provenance"): what the file declares, beside the model.
+PROVENANCE = "What the file itself declares about its making: Content Credentials, XMP, watermarks (new)"
+REASON = (
+    "Why the verdict is not the model's (new): a valid manifest from a trusted signer declares AI "
+    "generation; null when the verdict is the model's"
+)
+MODEL_VERDICT = "The model's own verdict, whatever the provenance says (new)"
 
 
 class DebugInfo(BaseModel):
@@ -76,6 +85,9 @@ class DetectResponse(BaseModel):
     image_size: list[int] = Field(description="[width, height] of the upright image, as `box` reads it (new)")
     faces: list[FaceResult] = Field(description="Every face judged, largest first (new)")
     explanation: Explanation | None = Field(None, description="With explain=true (new)")
+    provenance: Provenance | None = Field(None, description=PROVENANCE)
+    reason: str | None = Field(None, description=REASON)
+    model_verdict: Verdict | None = Field(None, description=MODEL_VERDICT)
 
 
 class AugmentedPrediction(BaseModel):
@@ -118,6 +130,9 @@ class AugmentedResponse(BaseModel):
     verdict: Verdict = Field(description=VERDICT + "; uncertain when the variants split")
     face_detected: bool = Field(description="A face was found in the upload (new)")
     faces: list[AugmentedFace] = Field(description="Per face: its seven variants' vote (new)")
+    provenance: Provenance | None = Field(None, description=PROVENANCE)
+    reason: str | None = Field(None, description=REASON)
+    model_verdict: Verdict | None = Field(None, description=MODEL_VERDICT)
 
 
 class ErrorResponse(BaseModel):
@@ -188,6 +203,9 @@ class VideoResponse(BaseModel):
     video: VideoStats
     timings: VideoTimings
     tracks: list[TrackResult]
+    provenance: Provenance | None = Field(None, description=PROVENANCE + "; MP4/MOV Content Credentials")
+    reason: str | None = Field(None, description=REASON)
+    model_verdict: Verdict | None = Field(None, description=MODEL_VERDICT)
 
 
 class JobResponse(BaseModel):

@@ -24,6 +24,7 @@ from modeling.spec import DEFAULT_MODEL_NAME
 from preprocessing import faces, video
 from preprocessing.decode import DecodeLimits
 from serving.access import DEFAULT_TRUSTED_PROXIES, parse_networks, parse_rate_limits
+from serving.provenance import ProvenanceOptions, load_trust_anchors
 from serving.redis_link import RedisLink, check_url, shared_link
 
 ENV_PREFIX = "DEEPFAKE_"
@@ -299,6 +300,30 @@ class Settings(BaseSettings):
         ge=0,
         description="bytes of uploads of queued and running jobs, all clients (0: no bound)",
     )
+    # Provenance beside the verdict (serving/provenance.py, README "Provenance").
+    provenance: bool = Field(
+        True,
+        description="read each upload's provenance (C2PA Content Credentials, the IPTC digital source "
+        "type in XMP, known watermarks) and report it beside the verdict",
+    )
+    provenance_trust_anchors: str = limit(
+        "",
+        "who may set a verdict: a valid manifest signed under one of these CAs that declares AI generation "
+        "makes it `likely_fake` whatever the model says (none by default)",
+        description="a PEM file of the certificate authorities to trust: a valid manifest signed under one "
+        "of them that declares AI generation makes the verdict `likely_fake` (empty: none, nothing is "
+        "trusted, provenance never changes a verdict)",
+    )
+    provenance_remote_manifests: bool = limit(
+        False,
+        "requests from the server to URLs the uploader chose (SSRF): off, a manifest a file only points "
+        "to is reported, not fetched; OCSP is never fetched",
+        description="fetch a C2PA manifest that a file only points to: a request to a URL the uploader "
+        "chose, from the server (off: reported, not fetched)",
+    )
+    provenance_watermarks: bool = Field(
+        True, description="look for the known invisible watermarks in each image's pixels (~2.5 ms an image)"
+    )
     log_format: Literal["json", "text"] = Field(
         "json", description="`json` lines (with `request_id`, `trace_id`) or BentoML's `text`"
     )
@@ -345,6 +370,27 @@ class Settings(BaseSettings):
             return None  # set but empty: the disk store
         check_url(value.get_secret_value())  # its message never holds the URL
         return value
+
+    @field_validator("provenance_trust_anchors")
+    @classmethod
+    def _check_trust_anchors(cls, value: str) -> str:
+        if value:
+            try:
+                load_trust_anchors(value)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"not a readable PEM file of certificates: {exc}") from None
+        return value
+
+    @property
+    def provenance_options(self) -> ProvenanceOptions:
+        return ProvenanceOptions(
+            enabled=self.provenance,
+            trust_anchors=load_trust_anchors(self.provenance_trust_anchors)
+            if self.provenance_trust_anchors
+            else None,
+            remote_manifests=self.provenance_remote_manifests,
+            watermarks=self.provenance_watermarks,
+        )
 
     @field_validator("api_key")
     @classmethod

@@ -36,6 +36,8 @@ from serving.errors import Overloaded, ServiceError
 from serving.forms import sampling
 from serving.observability import record_verdict
 from serving.pipeline import Explain, Predict
+from serving.provenance import Provenance, ProvenanceReader
+from serving.provenance import reason as provenance_reason
 from serving.schemas import Heatmap, TrackFrameResult, TrackResult, VideoResponse, VideoStats, VideoTimings
 from serving.tracks import build_tracks, judge_video, min_track_frames
 from serving.video_worker import (
@@ -73,9 +75,11 @@ class VideoPipeline:
         max_faces: int,
         default_frames: int,
         explain: Explain | None = None,
+        provenance: ProvenanceReader | None = None,
     ) -> None:
         self.spec = spec
         self.explain = explain
+        self.provenance = provenance
         self.model_tag = model_tag
         self.predict = predict
         self.pool = pool
@@ -120,10 +124,18 @@ class VideoPipeline:
         )
         timeout_s = timeout_s or self.timeout_s
         self._waiting += 1
+        # The file's Content Credentials are read in a thread while the decoder process works (the
+        # open file outlives its deletion by the caller, on an error answer).
+        provenance = (
+            asyncio.ensure_future(asyncio.to_thread(self.provenance.read_video, path))
+            if self.provenance is not None
+            else None
+        )
         try:
             pool = await self._pool()
             analysis, raw, model_s = await self._analyze(pool, path, request, timeout_s, progress)
-            response = self._response(analysis, raw, started, model_s)
+            declared = await provenance if provenance is not None else None
+            response = self._response(analysis, raw, started, model_s, declared)
             if explain and response.tracks:
                 await self._explain_tracks(pool, path, request, timeout_s, analysis, response)
         except VideoWorkerDied:
@@ -219,7 +231,12 @@ class VideoPipeline:
             track.heatmap_time = best[track.track_id].time
 
     def _response(
-        self, analysis: VideoAnalysis, raw: list[float], started: float, model_s: float
+        self,
+        analysis: VideoAnalysis,
+        raw: list[float],
+        started: float,
+        model_s: float,
+        provenance: Provenance | None = None,
     ) -> VideoResponse:
         spec = self.spec
         # Each crop's served P(fake) (decision at 0.5), as images are judged.
@@ -270,23 +287,27 @@ class VideoPipeline:
             )
             for track in tracks
         ]
+        why = provenance_reason(provenance)
         common = {
             "processing_time": time.perf_counter() - started, "model_tag": self.model_tag,
             "track_count": len(results), "video": video, "timings": timings, "tracks": results,
+            "provenance": provenance, "reason": why,
         }  # fmt: skip
         if judged is None:  # no face seen long enough (in `need` samples) to judge the video by
             return VideoResponse(
-                prediction="real", confidence=0.5, fake_probability=None, verdict="no_face",
+                prediction="fake" if why else "real", confidence=1.0 if why else 0.5, fake_probability=None,
+                verdict="likely_fake" if why else "no_face", model_verdict="no_face",
                 face_detected=False, fake_tracks=0, **common,
             )  # fmt: skip
         deciding = next(v for v in judged.tracks if v.track.track_id == judged.deciding_track_id)
         logit = math.log(max(deciding.p_fake, 1e-7) / max(1.0 - deciding.p_fake, 1e-7))
         image = spec.judge_logit(logit - spec.group_shift(judged.counted))
         return VideoResponse(
-            prediction=image.prediction,
-            confidence=image.confidence,
+            prediction="fake" if why else image.prediction,
+            confidence=1.0 if why else image.confidence,
             fake_probability=image.fake_probability,
-            verdict=image.verdict,
+            verdict="likely_fake" if why else image.verdict,
+            model_verdict=image.verdict,
             face_detected=True,
             fake_tracks=sum(r.prediction == "fake" and r.counted for r in results),
             **common,

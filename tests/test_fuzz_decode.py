@@ -1,6 +1,9 @@
 """Fuzzing the decode/validate path: whatever bytes arrive, `decode_upload` returns an upright
 8-bit RGB image within the limits or raises `InputError` with a 4xx status; never anything
 else, and never slowly. What decodes also goes through the tensor and test-time-variant steps.
+Every input also goes through the provenance reader (serving/provenance.py: C2PA, XMP,
+watermarks), which never raises and never trusts what is not intact: the seeds include files
+signed with Content Credentials, and one test aims its edits at their manifests.
 
 Inputs: arbitrary bytes, and valid images of every accepted format and mode mutated the way
 broken or hostile files are (bit flips, truncations, overwrites, insertions, header fields set
@@ -27,7 +30,9 @@ from preprocessing.augment import VARIANTS, tta_variants
 from preprocessing.decode import DecodeLimits, decode_upload
 from preprocessing.errors import InputError
 from preprocessing.tensor import normalize, to_input_array
+from serving.provenance import Provenance, ProvenanceOptions, ProvenanceReader
 from tests.helpers import encode, noise_image
+from tests.provenance_fixtures import actions, jpeg_segments, make_credential, sign
 
 # Small limits: the oracle holds for any limits, and small ones keep every input cheap.
 LIMITS = DecodeLimits(max_bytes=2 * 1024 * 1024, max_pixels=4_000_000)
@@ -55,9 +60,33 @@ def _png16() -> bytes:
     return encode(Image.fromarray(values), "PNG")
 
 
+# Files signed with Content Credentials under a test CA the reader trusts (its trusted and
+# AI-declaring path is reached too).
+SIGNER = make_credential("Fuzz Root CA", "Fuzz Signer", "Fuzzing")
+PROVENANCE = ProvenanceReader(ProvenanceOptions(trust_anchors=SIGNER.ca_pem.decode()))
+
+
+def _signed(fmt: str, mime: str) -> bytes:
+    data = encode(noise_image((24, 16), seed=3), fmt)
+    return sign(data, mime, SIGNER, [actions(("c2pa.created", "trainedAlgorithmicMedia"))])
+
+
+def manifest_span(data: bytes) -> tuple[int, int]:
+    """Where the C2PA manifest lies in a signed seed: its APP11 segments (JPEG), its caBX chunk
+    (PNG)."""
+    if data.startswith(b"\xff\xd8"):
+        spans = [(at, at + size) for marker, at, size in jpeg_segments(data) if marker == 0xEB]
+        return spans[0][0], spans[-1][1]
+    at = data.find(b"caBX") - 4
+    (length,) = struct.unpack(">I", data[at : at + 4])
+    return at, at + 12 + length
+
+
 def build_seeds() -> dict[str, bytes]:
     image = noise_image((24, 16))
     return {
+        "jpeg_c2pa": _signed("JPEG", "image/jpeg"),
+        "png_c2pa": _signed("PNG", "image/png"),
         "jpeg": encode(image, "JPEG", quality=80),
         "jpeg_progressive": encode(image, "JPEG", progressive=True),
         "jpeg_gray": encode(image.convert("L"), "JPEG"),
@@ -174,18 +203,21 @@ def check_upload(
     draft_size: tuple[int, int] | None = None,
     postprocess: bool = True,
 ) -> Outcome:
-    """Run one input through decode -> tensor -> normalise -> variants and check the contract.
+    """Run one input through decode -> tensor -> normalise -> variants, and the provenance
+    reader, and check the contract.
 
     Raises AssertionError for a broken contract; any other exception escapes as found."""
     started = time.perf_counter()
     try:
         image = decode_upload(data, limits, draft_size=draft_size)
     except InputError as exc:
+        check_provenance(data, None)  # the server reads it only from what decodes; this is stricter
         seconds = time.perf_counter() - started
         assert 400 <= exc.status < 500, f"InputError with status {exc.status}"
         assert exc.code and exc.code.isupper(), f"bad error code {exc.code!r}"
         assert seconds < TIME_BUDGET_S, f"refusal took {seconds:.2f}s"
         return Outcome(False, exc.status, seconds)
+    check_provenance(data, image)
     assert isinstance(image, Image.Image), type(image)
     assert image.mode == "RGB", image.mode
     width, height = image.size
@@ -204,6 +236,22 @@ def check_upload(
     seconds = time.perf_counter() - started
     assert seconds < TIME_BUDGET_S, f"input took {seconds:.2f}s"
     return Outcome(True, None, seconds)
+
+
+def check_provenance(data: bytes, image: Image.Image | None) -> Provenance:
+    """The provenance reader's contract: it answers (never raises), in time, and trusts only an
+    intact manifest (the library's "Trusted", no failure), deciding only on one."""
+    started = time.perf_counter()
+    provenance = PROVENANCE.read_image(data, image)
+    seconds = time.perf_counter() - started
+    assert isinstance(provenance, Provenance)
+    assert seconds < TIME_BUDGET_S, f"provenance took {seconds:.2f}s"
+    c2pa = provenance.c2pa
+    if c2pa is not None and c2pa.trusted:
+        assert c2pa.valid and c2pa.validation_state == "Trusted" and not c2pa.failures, c2pa
+    if provenance.decides:
+        assert c2pa is not None and c2pa.trusted and c2pa.ai == "generated", provenance
+    return provenance
 
 
 FUZZ_SETTINGS = settings(
@@ -245,6 +293,40 @@ def test_declared_dimensions(seed: str, width: int, height: int) -> None:
     outcome = check_upload(data)
     if not outcome.decoded and width * height > LIMITS.max_pixels:
         assert outcome.status in (400, 413, 415), outcome
+
+
+@FUZZ_SETTINGS
+@given(
+    seed=st.sampled_from(["jpeg_c2pa", "png_c2pa"]),
+    edits=st.lists(mutations, min_size=1, max_size=6),
+    repair_png=st.booleans(),
+)
+def test_mutated_manifests(seed: str, edits: list[Mutation], repair_png: bool) -> None:
+    """Edits aimed at the manifest's bytes (each position is taken inside its span)."""
+    data = SEEDS[seed]
+    start, end = manifest_span(data)
+    aimed = [
+        Mutation(
+            e.kind if e.kind != "field" else "overwrite",
+            start + e.pos % (end - start),
+            e.value,
+            e.data,
+            e.width,
+        )
+        for e in edits
+    ]
+    check_upload(mutate(data, aimed, repair_png))
+
+
+def test_signed_seeds_are_trusted_until_changed() -> None:
+    """The seeds read as signed, trusted and AI-declaring; one changed byte of pixels breaks it."""
+    for name in ("jpeg_c2pa", "png_c2pa"):
+        provenance = check_provenance(SEEDS[name], None)
+        assert provenance.decides, (name, provenance)
+    data = bytearray(SEEDS["jpeg_c2pa"])
+    data[-10] ^= 0x01  # in the entropy-coded pixels, before the end marker
+    c2pa = check_provenance(bytes(data), None).c2pa
+    assert c2pa is not None and c2pa.trusted is False and "assertion.dataHash.mismatch" in c2pa.failures
 
 
 def set_dimensions(data: bytes, width: int, height: int) -> bytes:

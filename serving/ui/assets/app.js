@@ -46,6 +46,9 @@ const ui = {
   verdict: part('image-verdict'),
   fakeCount: part('fake-count'),
   summaryHint: part('summary-hint'),
+  verdictReason: part('verdict-reason'),
+  provenance: part('provenance'),
+  provenanceItems: part('provenance-items'),
   stage: part('stage'),
   photo: part('photo'),
   video: part('video'),
@@ -532,6 +535,7 @@ function renderImage(answer, kind, bands) {
       'against a bar raised for the number of faces.';
   }
   summarise(verdict, fake, faces.length, 'face', hint);
+  renderProvenance(answer.provenance ? answer : detect);
   showMedia(kind);
   ui.overlay.replaceChildren();
   if (Array.isArray(size) && size[0] > 0 && size[1] > 0) {
@@ -603,6 +607,105 @@ function renderVariants(answer, kind, faces, bands) {
   ui.vote.dataset.fake = String(info.predictions_below_threshold);
 }
 
+// ---- What the file declares (the answer's `provenance`): said in words, as text only
+
+const AI_WORDS = { generated: 'AI-generated', edited: 'AI-edited' };
+const sourceName = (uri) => String(uri || '').replace(/\/+$/, '').split('/').pop();
+
+function credentialsState(c2pa) {
+  if (!c2pa) return 'not_checked';
+  if (c2pa.remote_url) return 'remote';
+  if (!c2pa.present) return 'absent';
+  if (c2pa.trusted) return 'trusted';
+  return c2pa.valid ? 'untrusted' : 'invalid';
+}
+
+function credentialsWords(c2pa, stateName) {
+  const signer = c2pa && c2pa.signer ? c2pa.signer : {};
+  const who = signer.subject ? `signed by ${signer.subject}` : 'signed';
+  const issuer = signer.issuer ? `, issued by ${signer.issuer}` : '';
+  switch (stateName) {
+    case 'absent':
+      return 'Content Credentials: none in this file.';
+    case 'remote':
+      return `Content Credentials: not in the file but at ${c2pa.remote_url}, which this server does not fetch.`;
+    case 'trusted':
+      return `Content Credentials: valid, ${who}${issuer}: on this server's trust list.`;
+    case 'untrusted':
+      return (
+        `Content Credentials: intact, ${who}${issuer}, but not on this server's trust list: ` +
+        'reported, not trusted.'
+      );
+    case 'invalid': {
+      const why = (c2pa.failures && c2pa.failures.length ? c2pa.failures.join(', ') : c2pa.error) || 'unreadable';
+      const claimed = signer.subject ? ` They say they are ${who}${issuer}.` : '';
+      return `Content Credentials: invalid (${why}): not to be relied on.${claimed}`;
+    }
+    default:
+      return '';
+  }
+}
+
+function declarationWords(c2pa) {
+  const types = Array.isArray(c2pa.digital_source_types) ? c2pa.digital_source_types.map(sourceName) : [];
+  const parts = [];
+  if (types.length) {
+    const what = AI_WORDS[c2pa.ai] ? `${AI_WORDS[c2pa.ai]} ` : '';
+    parts.push(`They declare the image ${what}(${types.join(', ')})`);
+  }
+  if (AI_WORDS[c2pa.ingredients_ai]) parts.push(`its history declares it ${AI_WORDS[c2pa.ingredients_ai]}`);
+  if (c2pa.claim_generator) parts.push(`made with ${c2pa.claim_generator}`);
+  return parts.length ? `${parts.join('; ')}.` : '';
+}
+
+function renderProvenance(answer) {
+  const provenance = answer && answer.provenance;
+  say(ui.verdictReason, answer && typeof answer.reason === 'string' ? answer.reason : '');
+  show(ui.provenance, Boolean(provenance));
+  if (!provenance) {
+    ui.provenanceItems.replaceChildren();
+    delete ui.provenance.dataset.c2pa;
+    return;
+  }
+  const items = [];
+  const c2pa = provenance.c2pa;
+  const stateName = credentialsState(c2pa);
+  ui.provenance.dataset.c2pa = stateName;
+  ui.provenance.dataset.ai = (c2pa && c2pa.ai) || '';
+  ui.provenance.dataset.decides = String(Boolean(provenance.decides));
+  if (c2pa) {
+    const item = el('li', { 'data-role': 'provenance-c2pa', 'data-state': stateName }, credentialsWords(c2pa, stateName));
+    const declared = c2pa.present ? declarationWords(c2pa) : '';
+    if (declared) item.append(' ', el('span', { 'data-role': 'provenance-declared', text: declared }));
+    items.push(item);
+  }
+  if (provenance.xmp) {
+    const ai = AI_WORDS[provenance.xmp.ai] ? ` (${AI_WORDS[provenance.xmp.ai]})` : '';
+    items.push(
+      el('li', {
+        'data-role': 'provenance-xmp',
+        text: `XMP says ${sourceName(provenance.xmp.digital_source_type)}${ai}: an unsigned claim, anyone can write it.`,
+      }),
+    );
+  }
+  const marks = Array.isArray(provenance.watermarks) ? provenance.watermarks : [];
+  for (const mark of marks) {
+    items.push(
+      el('li', {
+        'data-role': 'provenance-watermark',
+        text: `Invisible watermark of ${mark.name} found (${percent(mark.agreement)} of its bits): unsigned, reported only.`,
+      }),
+    );
+  }
+  if (!marks.length && (provenance.checked || []).includes('watermark')) {
+    items.push(el('li', { 'data-role': 'provenance-watermark', text: 'No known invisible watermark found.' }));
+  }
+  for (const [what, why] of Object.entries(provenance.not_checked || {})) {
+    items.push(el('li', { class: 'hint', 'data-role': 'provenance-not-checked', text: `Not checked: ${what} (${why}).` }));
+  }
+  ui.provenanceItems.replaceChildren(...items);
+}
+
 // ---- Showing a video's answer
 
 function renderVideo(answer, bands) {
@@ -623,6 +726,7 @@ function renderVideo(answer, bands) {
       ? 'No face was found in the sampled frames.'
       : 'A face is followed through the sampled frames; it is judged from all of them.',
   );
+  renderProvenance(answer);
   showMedia('video');
   ui.stage.classList.toggle('show-heatmaps', ui.heatmaps.checked);
   say(ui.explanation, '');
@@ -771,6 +875,7 @@ function useFile(file) {
   show(ui.variants, false);
   show(ui.tracks, false);
   summarise('', 0, 0, 'face', '');
+  renderProvenance(null);
   ui.verdict.replaceChildren();
   const video = isVideo(file);
   delete app.dataset.mediaLoaded;
