@@ -31,13 +31,15 @@ model: $(STAMP)
 serve: model
 	exec $(BIN)/bentoml serve service:DeepfakeDetector --host $(HOST) --port $(PORT)
 
-# The browser tests' Chromium (apt, as root) and selenium, when missing (quick when present).
+# The browser tests' Chromium (apt, as root) and selenium, and the scale-out tests' redis-server
+# (apt), when missing (quick when present).
 # Three pytest workers (pytest-xdist), whole files each: a file's servers and models stay in one
 # worker, and much of a test's time is spent waiting on a server, not on the CPU, so three beat
 # two even on two cores (157-159 s against 172-207 s for `make test` on a 2-core machine).
 TEST_WORKERS ?= 3
 test: $(STAMP)
 	VENV=$(VENV) bash scripts/setup-browser.sh
+	bash scripts/setup-redis.sh
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)

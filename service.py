@@ -29,7 +29,7 @@ from preprocessing.errors import InputError
 from serving.access import CLIENT_KEY
 from serving.bentoml_adapter import use_greedy_batching
 from serving.edge import install
-from serving.errors import ModelUnavailable, NotFound, Overloaded, QuotaExceeded
+from serving.errors import JobStoreDown, ModelUnavailable, NotFound, Overloaded, QuotaExceeded
 from serving.forms import form_kinds
 from serving.multipart import Upload, read_form
 from serving.observability import configure_logging, metrics
@@ -201,7 +201,7 @@ class DeepfakeDetector:
         }
 
     def _init_video(self) -> None:
-        from serving.jobs import DiskJobStore
+        from serving.jobs import DiskJobStore, JobStore
         from serving.video_pipeline import VideoPipeline
         from serving.video_worker import VideoWorkerPool
 
@@ -222,11 +222,18 @@ class DeepfakeDetector:
         self.videos = pipeline(SETTINGS.video_concurrency, SETTINGS.video_timeout_s)
         self.job_videos = pipeline(SETTINGS.job_concurrency, SETTINGS.job_timeout_s)
         jobs_dir = Path(SETTINGS.jobs_dir or Path(tempfile.gettempdir()) / "deepfake-video-jobs")
-        self.jobs = DiskJobStore(
-            jobs_dir, self._run_job, ttl_s=SETTINGS.job_ttl_s, max_jobs=SETTINGS.max_jobs,
-            max_per_client=SETTINGS.max_jobs_per_client, max_queued_bytes=SETTINGS.jobs_max_bytes,
-            max_running=SETTINGS.job_concurrency,
+        options: dict[str, Any] = dict(
+            ttl_s=SETTINGS.job_ttl_s, max_jobs=SETTINGS.max_jobs, max_per_client=SETTINGS.max_jobs_per_client,
+            max_queued_bytes=SETTINGS.jobs_max_bytes, max_running=SETTINGS.job_concurrency,
+            heartbeat_s=SETTINGS.job_heartbeat_s, stale_after_s=SETTINGS.job_stale_after_s,
         )  # fmt: skip
+        if SETTINGS.job_store:  # shared by every replica; the uploads stay here (serving/redis_store.py)
+            from serving.redis_store import RedisJobStore
+
+            self.jobs: JobStore = RedisJobStore(SETTINGS.redis_link(), jobs_dir, self._run_job, **options)
+            logger.info("video jobs and rate limits shared through %s", SETTINGS.redis_link().where)
+        else:
+            self.jobs = DiskJobStore(jobs_dir, self._run_job, **options)
 
     @bentoml.on_startup
     async def _start_jobs(self) -> None:
@@ -321,18 +328,22 @@ class DeepfakeDetector:
             job_id = await self.jobs.submit(upload.path, params, client=client)
         except JobQuotaExceeded:
             raise QuotaExceeded() from None
-        except (JobStoreFull, JobStoreUnavailable):
+        except JobStoreFull:
             raise Overloaded("Too many video jobs are queued or running; retry later") from None
+        except JobStoreUnavailable:
+            raise JobStoreDown() from None
         return await self._job(job_id)
 
     async def _job(self, job_id: str, cancel: bool = False) -> JobResponse:
-        from serving.jobs import JobNotFound
+        from serving.jobs import JobNotFound, JobStoreUnavailable
 
         try:
             status = await (self.jobs.cancel(job_id) if cancel else self.jobs.status(job_id))
             result = await self.jobs.result(job_id) if status.state == "done" else None
         except JobNotFound:
             raise NotFound("No such video job (or its result has expired)") from None
+        except JobStoreUnavailable:
+            raise JobStoreDown() from None
         return job_report(status, result)
 
     # ---- The legacy routes, as the old backend served them (multipart field `file`); each

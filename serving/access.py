@@ -1,11 +1,17 @@
 """Who may call the guarded routes, and how often: the client's address (behind trusted
 proxies), an optional API key, per-client rate limits, and the cap on requests in flight.
 
-All off unless set (DEEPFAKE_API_KEY, DEEPFAKE_RATE_LIMITS, ...). The limits count in memory,
-per worker process: behind several workers or replicas each counts on its own, so a deployment
-that needs one exact limit puts it at the ingress (or a shared limiter: `RateLimiter` is the
-interface a shared backend implements); this one keeps a single instance from being
-monopolised, as the old service's Flask-Limiter did.
+All off unless set (DEEPFAKE_API_KEY, DEEPFAKE_RATE_LIMITS, ...). Where the rate limits count:
+with DEEPFAKE_JOB_STORE set to Redis, in Redis (`RedisFixedWindowLimiter`), shared by every
+worker and replica, so N replicas allow the limit once, not N times; without it, in memory per
+worker process (`FixedWindowLimiter`), which keeps a single instance from being monopolised, as
+the old service's Flask-Limiter did. While Redis cannot answer, the shared limiter counts in
+memory (logged once per outage) and image requests go on.
+
+The in-flight cap (DEEPFAKE_MAX_IN_FLIGHT) and the decoder pools stay per worker process on
+purpose: they bound what this process holds (memory for uploads and decoded images, CPU, its
+own queue), which no other replica can see or relieve; a shared cap would let a busy replica
+refuse work that an idle one could do, and the autoscaler scales on each pod's own load.
 
 The client. The peer address of the connection, unless DEEPFAKE_TRUST_FORWARDED_FOR is set and
 the peer is one of DEEPFAKE_TRUSTED_PROXIES (CIDRs): then X-Forwarded-For is read from the right
@@ -26,17 +32,22 @@ guarded, but polling it is not rate limited.
 from __future__ import annotations
 
 import abc
+import hashlib
 import heapq
 import hmac
 import ipaddress
+import logging
+import math
 import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from serving.errors import ASGIApp, Message, Overloaded, RateLimited, Receive, Scope, Send, Unauthorized
 
+logger = logging.getLogger("deepfake.access")
 UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 CLIENT_KEY = "deepfake.client"  # the scope key the client's identity is kept under, for the routes
 DEFAULT_TRUSTED_PROXIES = ("127.0.0.1/32", "::1/128")
@@ -221,6 +232,147 @@ class FixedWindowLimiter(RateLimiter):
         if len(self._releases) > 2 * len(self._limited) + 64:  # entries of clients that came back
             self._releases = [(until, client) for client, (until, _) in self._limited.items()]
             heapq.heapify(self._releases)
+
+
+# Every limit counted and checked in one step, for one client: nothing is counted if any limit
+# is reached (as FixedWindowLimiter). A counter of the wrong shape (not an integer, a hash) is
+# deleted and counted from zero, and said so (the second value).
+# KEYS[i]: limit i's counter for this client and window. ARGV[1]: '1' to count, '0' to peek;
+# ARGV[1 + i]: limit i's count; ARGV[1 + n + i]: ms until limit i's window ends.
+SHARED_COUNT = """
+local n = #KEYS
+local retry, repaired = -1, 0
+for i = 1, n do
+  local value = redis.pcall('GET', KEYS[i])
+  local count = 0
+  if type(value) == 'table' then
+    redis.call('DEL', KEYS[i])
+    repaired = 1
+  elseif value then
+    count = tonumber(value)
+    if count == nil or count ~= math.floor(count) then
+      redis.call('DEL', KEYS[i])
+      count = 0
+      repaired = 1
+    end
+  end
+  if count >= tonumber(ARGV[1 + i]) then
+    local left = tonumber(ARGV[1 + n + i])
+    if left > retry then retry = left end
+  end
+end
+if retry < 0 and ARGV[1] == '1' then
+  for i = 1, n do
+    redis.call('INCR', KEYS[i])
+    if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[1 + n + i]) end
+  end
+end
+return {retry, repaired}
+"""
+
+
+@dataclass
+class Outage:
+    """Whether Redis is out for the limiters of one process (they share it: one log line per
+    outage, and Redis is tried again every `retry_s`, not on every request)."""
+
+    retry_s: float = 1.0
+    down: bool = False
+    retry_at: float = 0.0
+    clock: Callable[[], float] = field(default=time.monotonic)
+
+
+class RedisFixedWindowLimiter(RateLimiter):
+    """Per-client counting shared by every worker and replica through Redis: one counter per
+    limit, client and window, the windows aligned to the clock (so every replica counts in the
+    same one; replicas' clocks agree to well under a second with NTP), counted and checked by
+    one Lua script, each counter expiring at its window's end (a limited client stays limited
+    until then, whatever else happens). Keys hold a hash of the client, never its address.
+
+    While Redis cannot answer (down, slow past DEEPFAKE_REDIS_TIMEOUT_S, any error), `fallback`
+    counts in this process; the outage is logged once when it starts and once when it ends, and
+    Redis is tried again every `outage.retry_s`. Counts made during an outage stay local."""
+
+    def __init__(
+        self,
+        link: Any,
+        limits: tuple[RateLimit, ...],
+        *,
+        name: str,
+        fallback: RateLimiter,
+        outage: Outage | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        from serving.redis_link import PREFIX
+
+        self.link = link  # serving.redis_link.RedisLink
+        self.limits = limits
+        self.name = name
+        self.fallback = fallback
+        self.outage = outage or Outage()
+        self.clock = clock
+        self._prefix = f"{PREFIX}rate:{name}"
+        self._repaired_logged = 0.0
+
+    async def hit(self, client: str) -> int | None:
+        return await self._count(client, count=True)
+
+    async def peek(self, client: str) -> int | None:
+        return await self._count(client, count=False)
+
+    async def _count(self, client: str, *, count: bool) -> int | None:
+        outage = self.outage
+        if outage.down and outage.clock() < outage.retry_at:
+            return await (self.fallback.hit(client) if count else self.fallback.peek(client))
+        try:
+            retry = await self._shared(client, count)
+        except Exception as exc:  # noqa: BLE001 - a limiter never fails a request: it counts here
+            outage.retry_at = outage.clock() + outage.retry_s
+            if not outage.down:
+                outage.down = True
+                logger.warning(
+                    "rate limits: Redis (%s) cannot count (%s: %s); counting in this process until it "
+                    "answers", self.link.where, type(exc).__name__, str(exc)[:120],
+                )  # fmt: skip
+            return await (self.fallback.hit(client) if count else self.fallback.peek(client))
+        if outage.down:
+            outage.down = False
+            logger.warning("rate limits: Redis (%s) answers again; counting shared", self.link.where)
+        return retry
+
+    async def _shared(self, client: str, count: bool) -> int | None:
+        now = self.clock()
+        who = hashlib.sha256(client.encode("utf-8", "replace")).hexdigest()[:24]
+        keys, counts, left = [], [], []
+        for n, lim in enumerate(self.limits):
+            window = int(now // lim.seconds)
+            keys.append(f"{self._prefix}:{n}:{lim.seconds}:{window}:{who}")
+            counts.append(lim.count)
+            left.append(max(1, math.ceil(((window + 1) * lim.seconds - now) * 1000)))
+        args = ["1" if count else "0", *counts, *left]
+
+        async def run(redis: Any) -> Any:
+            return await redis.register_script(SHARED_COUNT)(keys=keys, args=args)
+
+        retry_ms, repaired = await self.link.call(run)
+        if repaired and time.monotonic() - self._repaired_logged > 60:
+            self._repaired_logged = time.monotonic()
+            logger.warning("rate limits: a counter in Redis had the wrong shape; counted from zero")
+        return None if int(retry_ms) < 0 else max(1, math.ceil(int(retry_ms) / 1000))
+
+
+def make_limiter(
+    limits: tuple[RateLimit, ...], max_clients: int, *, link: Any = None, name: str = "rate",
+    outage: Outage | None = None,
+) -> RateLimiter | None:  # fmt: skip
+    """The limiter for `limits` (None when there are none): shared through Redis when `link`
+    (a serving.redis_link.RedisLink) is given, with the in-process one as its fallback."""
+    if not limits:
+        return None
+    local = FixedWindowLimiter(limits, max_clients)
+    if link is None:
+        return local
+    return RedisFixedWindowLimiter(link, limits, name=name, fallback=local, outage=outage)
 
 
 # -- the middleware ------------------------------------------------------------------------------

@@ -304,7 +304,7 @@ def install(service: Any, settings: Any, forms: Mapping[str, FormKind]) -> None:
     the paths that are work, the client routes' forms. `settings`: serving/settings.py's."""
     from starlette.middleware.cors import CORSMiddleware
 
-    from serving.access import AccessMiddleware, ClientAddress, FixedWindowLimiter, parse_rate_limits
+    from serving.access import AccessMiddleware, ClientAddress, Outage, make_limiter, parse_rate_limits
     from serving.bentoml_adapter import use_header_timeout
     from serving.routes import ROUTES
 
@@ -312,6 +312,8 @@ def install(service: Any, settings: Any, forms: Mapping[str, FormKind]) -> None:
     file_limits = {name: form.policy.max_file_bytes for name, form in forms.items()}
     file_limits["none"] = MAX_JSON_BYTES  # a route without an upload: at most an empty JSON body
     rate, failures = parse_rate_limits(settings.rate_limits), parse_rate_limits(settings.key_failure_limits)
+    # With a shared store (Redis), the limits count there, for every replica (serving/access.py).
+    shared = {"link": settings.redis_link(), "outage": Outage()} if settings.job_store else {}
     client_routes = {
         path: forms[route.form] if route.work else None
         for route in ROUTES.served_by("bentoml")
@@ -338,8 +340,8 @@ def install(service: Any, settings: Any, forms: Mapping[str, FormKind]) -> None:
         guarded=ROUTES.guarded,
         work=ROUTES.work,
         api_key=settings.api_key.get_secret_value() if settings.api_key else None,
-        limiter=FixedWindowLimiter(rate, settings.rate_limit_clients) if rate else None,
-        key_failures=FixedWindowLimiter(failures, settings.rate_limit_clients) if failures else None,
+        limiter=make_limiter(rate, settings.rate_limit_clients, name="rate", **shared),
+        key_failures=make_limiter(failures, settings.rate_limit_clients, name="key-failures", **shared),
         client=ClientAddress(settings.trust_forwarded_for, settings.trusted_proxies),
         max_in_flight=settings.max_in_flight,
     )

@@ -86,6 +86,18 @@ class QuotaExceeded(ServiceError):
         return {"Retry-After": str(self.RETRY_AFTER_S)}
 
 
+class JobStoreDown(ServiceError):
+    """The video job store cannot answer now (Redis down or slow, a disk that refuses writes, or
+    this server stopping): the job routes' 503; image routes never depend on it."""
+
+    status, code = 503, "JOB_STORE_UNAVAILABLE"
+    message = "Video jobs cannot be reached right now; retry shortly"
+    RETRY_AFTER_S = 5
+
+    def default_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.RETRY_AFTER_S)}
+
+
 class StorageFull(ServiceError):
     """The server's disk refused a write (an upload being spooled, a job): not the client's fault."""
 

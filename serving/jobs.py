@@ -7,8 +7,8 @@ Two layers. `JobStore` is what the routes use (`admit`, `submit`, `status`, `res
 `cancel`) and what runs the jobs (`finish`, `sweep`, the maintenance loop: cancels, progress,
 heartbeats, expiry); it keeps its state through a handful of storage methods (`_create`,
 `_load`, `_save`, ...), all async, that a backend implements. `DiskJobStore` is the backend
-on a folder every API worker shares; another (a key-value store) is a subclass beside it, and
-the routes do not change.
+on a folder every API worker of one machine shares; `RedisJobStore` (serving/redis_store.py,
+DEEPFAKE_JOB_STORE) the one every replica shares; the routes do not change.
 
 On disk, one folder per job under `root`:
 
@@ -67,16 +67,20 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
 from preprocessing.errors import InputError
+from serving.errors import ServiceError
 
 logger = logging.getLogger("deepfake.jobs")
 
@@ -107,8 +111,11 @@ class JobQuotaExceeded(JobStoreFull):
     """This client has `max_per_client` jobs queued or running already."""
 
 
-class JobStoreUnavailable(RuntimeError):
-    """The store cannot take a job now (its storage refused a write: a full disk)."""
+class JobStoreUnavailable(OSError):
+    """The store cannot take or answer now: its storage refused a write (a full disk), cannot
+    be reached (Redis down or slow), or this server is stopping. An OSError, as every storage
+    failure is: the job runner treats it as one (a progress write is skipped, a final state
+    is kept in memory and written again)."""
 
 
 @dataclass
@@ -215,13 +222,33 @@ class JobStore(abc.ABC):
         except Exception:  # noqa: BLE001 - the server starts whatever the store holds
             logger.exception("the job store could not sweep at start; serving on")
         self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+        self._stop_taking_jobs_on_sigterm()
+
+    def _stop_taking_jobs_on_sigterm(self) -> None:
+        """SIGTERM (a scale-down, a roll-out) reaches this process and its decoder processes at
+        once (BentoML stops a worker's children with it): from then on this store takes no job,
+        and a running job that fails was interrupted (JOB_INTERRUPTED, written for every worker
+        and replica to read), not failed by its video; `close` then ends the rest. Chained
+        before the server's own handler; only in the main thread, where handlers live."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+        if not callable(previous):  # no graceful stop to chain to (SIG_DFL, SIG_IGN)
+            return
+
+        def stopping(sig: int, frame: FrameType | None) -> None:
+            self._closing = True
+            previous(sig, frame)
+
+        signal.signal(signal.SIGTERM, stopping)
 
     async def close(self) -> None:
-        """Stop the maintenance and this process's jobs (they end failed, JOB_INTERRUPTED)."""
+        """Stop taking jobs, stop the maintenance and this process's jobs (they end failed,
+        JOB_INTERRUPTED, written where every worker and replica reads them)."""
+        self._closing = True
         if self._maintenance:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
-        self._closing = True
         for task in list(self._tasks.values()):
             task.cancel(msg="shutdown")
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -244,6 +271,8 @@ class JobStore(abc.ABC):
 
     async def admit(self, client: str = "", size: int = 0) -> None:
         """Raise what `submit` would for this client and size, before the upload is read."""
+        if self._closing:
+            raise JobStoreUnavailable("this server is stopping; another one takes the job")
         try:
             statuses = await self._statuses()
         except OSError as exc:
@@ -393,15 +422,16 @@ class JobStore(abc.ABC):
                 await self.finish(status, "failed", _interrupted("the server stopped"))
                 raise
             await self.finish(status, "cancelled")
-        except InputError as exc:
-            await self.finish(
-                status, "failed", {"status": exc.status, "code": exc.code, "message": exc.message}
-            )
-        except Exception:  # noqa: BLE001 - a job's failure is its result, not the server's crash
-            logger.exception("job %s failed", job_id)
-            await self.finish(
-                status, "failed", {"status": 500, "code": "INTERNAL", "message": "The job failed"}
-            )
+        except Exception as exc:  # noqa: BLE001 - a job's failure is its result, not the server's crash
+            if self._closing:  # its decoder was stopped with the server (SIGTERM): not the video's fault
+                await self.finish(status, "failed", _interrupted("the server stopped"))
+            elif isinstance(exc, InputError | ServiceError):  # the video's fault, or a typed answer
+                error = {"status": exc.status, "code": exc.code, "message": exc.message}
+                await self.finish(status, "failed", error)
+            else:
+                logger.exception("job %s failed", job_id)
+                error = {"status": 500, "code": "INTERNAL", "message": "The job failed"}
+                await self.finish(status, "failed", error)
         finally:
             self._running.pop(job_id, None)
             upload.unlink(missing_ok=True)
@@ -426,7 +456,8 @@ class JobStore(abc.ABC):
 
     async def _maintain(self) -> None:
         last = {"beat": time.monotonic(), "sweep": time.monotonic(), "progress": 0.0}
-        sweep_every = max(min(self.ttl_s / 10, 60.0), self.poll_s)
+        # Often enough that an orphan is marked failed within stale_after_s of going stale.
+        sweep_every = max(min(self.ttl_s / 10, 60.0, self.stale_after_s), self.poll_s)
         chores: list[tuple[str, float, Callable[[], Awaitable[None]]]] = [
             ("cancels", 0.0, self._poll_cancels),
             ("unsaved", 0.0, self._write_unsaved),
@@ -443,6 +474,10 @@ class JobStore(abc.ABC):
                 last[name] = now
                 try:
                     await chore()
+                except JobStoreUnavailable as exc:  # an outage (Redis down): said once, no traceback
+                    self._log_once(
+                        f"maintenance:{name}", f"job maintenance ({name}) waits: {exc}", level=logging.WARNING
+                    )
                 except Exception:  # noqa: BLE001 - the loop outlives every error; logged
                     self._log_once(f"maintenance:{name}", f"job maintenance ({name}) failed", exc_info=True)
 

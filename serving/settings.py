@@ -25,6 +25,7 @@ from preprocessing import faces, video
 from preprocessing.decode import DecodeLimits
 from serving.access import DEFAULT_TRUSTED_PROXIES, parse_networks, parse_rate_limits
 from serving.provenance import ProvenanceOptions, load_trust_anchors
+from serving.redis_link import RedisLink, check_url, shared_link
 
 ENV_PREFIX = "DEEPFAKE_"
 _LIMITS = DecodeLimits()
@@ -152,7 +153,8 @@ class Settings(BaseSettings):
         "",
         "one client monopolising the service; wrong keys count too",
         description="per-client limits on the guarded routes, e.g. `200/day,50/hour` (the old "
-        "service's); counted per worker process; empty: off",
+        "service's); counted per worker process, or once for every replica with `DEEPFAKE_JOB_STORE`; "
+        "empty: off",
     )
     key_failure_limits: str = limit(
         "30/minute,300/day",
@@ -250,7 +252,29 @@ class Settings(BaseSettings):
     jobs_dir: str = Field(
         "",
         description="where video jobs keep their state and uploads, shared by the API workers (empty: "
-        "a folder in the temp dir)",
+        "a folder in the temp dir); with `DEEPFAKE_JOB_STORE`, only this replica's uploads",
+    )
+    job_store: SecretStr | None = Field(
+        None,
+        description="unset: video jobs on disk (`DEEPFAKE_JOBS_DIR`) and rate limits counted per worker "
+        "process; `redis://[:password@]host:port/db` (or `rediss://`, TLS): jobs and rate limits "
+        'shared by every replica through Redis (README, "Several replicas"); a secret, never logged',
+    )
+    redis_timeout_s: float = limit(
+        1.0,
+        "a slow or unreachable Redis holding requests: each call gives up after this (job routes answer "
+        "`503 JOB_STORE_UNAVAILABLE`, rate limits count in the process meanwhile)",
+        gt=0,
+        le=30,
+        description="the longest one call to Redis may take (connecting, or its answer)",
+    )
+    job_stale_after_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="a queued or running job whose owner (an API worker, a replica) has not "
+        "heartbeated for this long is marked failed `JOB_INTERRUPTED` (owners heartbeat every fifth "
+        "of it, at most every 2 s)",
     )
     job_ttl_s: float = limit(
         3600.0,
@@ -339,6 +363,14 @@ class Settings(BaseSettings):
         parse_rate_limits(value)  # raises ValueError with the bad part
         return value
 
+    @field_validator("job_store")
+    @classmethod
+    def _check_job_store(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None  # set but empty: the disk store
+        check_url(value.get_secret_value())  # its message never holds the URL
+        return value
+
     @field_validator("provenance_trust_anchors")
     @classmethod
     def _check_trust_anchors(cls, value: str) -> str:
@@ -378,6 +410,15 @@ class Settings(BaseSettings):
         return self.upload_timeout_s or self.request_timeout_s / 2
 
     @property
+    def job_heartbeat_s(self) -> float:
+        return min(2.0, self.job_stale_after_s / 5)
+
+    def redis_link(self) -> RedisLink:
+        """The process's connection to `job_store` (set), shared by the job store and limits."""
+        assert self.job_store is not None
+        return shared_link(self.job_store.get_secret_value(), self.redis_timeout_s)
+
+    @property
     def limits(self) -> DecodeLimits:
         return DecodeLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_image_pixels)
 
@@ -395,7 +436,7 @@ class SettingsError(SystemExit):
     """A bad setting: the one-line message names the variable; the start stops."""
 
 
-SECRET_FIELDS = frozenset({"api_key"})
+SECRET_FIELDS = frozenset({"api_key", "job_store"})
 
 
 def _explain(error: ValidationError) -> str:

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 OVERLAY = K8S / "model-from-s3"
+REDIS_OVERLAY = K8S / "with-redis"
 WORKFLOWS = ROOT / ".github" / "workflows"
 
 BENTOML_PORT = 3000  # checked against BentoML's own default below
@@ -31,14 +32,18 @@ def load_all(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def resources() -> dict[str, dict[str, Any]]:
-    """kind -> resource, from the files kustomization.yaml lists."""
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+def resources(folder: Path = K8S) -> dict[str, dict[str, Any]]:
+    """kind -> resource, from the files a kustomization.yaml lists (Secrets, of which there are
+    several: "Secret/<name>"); a folder it lists (a base) is not followed."""
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
     found: dict[str, dict[str, Any]] = {}
     for name in kustomization["resources"]:
-        for doc in load_all(K8S / name):
-            assert doc["kind"] not in found, f"two {doc['kind']}s"
-            found[doc["kind"]] = doc
+        if (folder / name).is_dir():
+            continue
+        for doc in load_all(folder / name):
+            kind = f"Secret/{doc['metadata']['name']}" if doc["kind"] == "Secret" else doc["kind"]
+            assert kind not in found, f"two {kind}s"
+            found[kind] = doc
     return found
 
 
@@ -139,7 +144,7 @@ def test_the_api_key_comes_from_a_secret_that_holds_none_in_git(
     """SECURITY.md's promise: DEEPFAKE_API_KEY from a Kubernetes Secret. The manifest declares
     it without a value (a re-apply never overwrites the key set in the cluster), and the pod
     needs it (no `optional`: no key, no pod, rather than an open service)."""
-    secret = k8s["Secret"]
+    secret = k8s["Secret/deepfake-api-key"]
     assert "data" not in secret and "stringData" not in secret
     (key,) = [e for e in container["env"] if e["name"] == "DEEPFAKE_API_KEY"]
     reference = key["valueFrom"]["secretKeyRef"]
@@ -147,6 +152,24 @@ def test_the_api_key_comes_from_a_secret_that_holds_none_in_git(
     assert reference["key"] in (K8S / "secret.yaml").read_text()  # the comment says how to set it
     assert reference.get("optional", False) is False
     assert "value" not in key
+
+
+def test_the_pods_share_jobs_and_limits_through_a_redis_url_from_a_secret(
+    k8s: dict[str, dict[str, Any]], container: dict[str, Any]
+) -> None:
+    """Two or more pods (the HPA's minimum): DEEPFAKE_JOB_STORE, a secret URL, from a Secret
+    without data in git, required (no pod runs with jobs of its own by accident)."""
+    from serving.settings import Settings
+
+    (entry,) = [e for e in container["env"] if e["name"] == "DEEPFAKE_JOB_STORE"]
+    assert "job_store" in Settings.model_fields and "value" not in entry
+    reference = entry["valueFrom"]["secretKeyRef"]
+    secret = k8s[f"Secret/{reference['name']}"]
+    assert "data" not in secret and "stringData" not in secret
+    assert reference.get("optional", False) is False
+    manifest = next(p for p in K8S.glob("*.yaml") if secret in load_all(p))
+    assert f'"{reference["key"]}":' in manifest.read_text()  # its comment says how to set it
+    assert k8s["HorizontalPodAutoscaler"]["spec"]["minReplicas"] >= 2
 
 
 def test_runs_as_non_root(k8s: dict[str, dict[str, Any]], container: dict[str, Any]) -> None:
@@ -185,12 +208,49 @@ def test_image_name_is_the_same_everywhere(container: dict[str, Any], compose: d
 
 def test_compose_matches_the_service(compose: dict[str, Any], container: dict[str, Any]) -> None:
     service = compose["services"]["deepfake-detector"]
-    assert [p.rsplit(":", 1)[1] for p in service["ports"]] == [str(BENTOML_PORT)]
+    assert "ports" not in service  # reached through the proxy only
     assert "/readyz" in " ".join(service["healthcheck"]["test"])
     assert f":{BENTOML_PORT}/" in " ".join(service["healthcheck"]["test"])
     assert parse_quantity(service["mem_limit"]) == parse_quantity(container["resources"]["limits"]["memory"])
     grace = int(service["stop_grace_period"].rstrip("s"))
     assert grace == k8s_grace()
+
+
+def test_compose_runs_two_replicas_behind_a_trusted_proxy_sharing_redis(compose: dict[str, Any]) -> None:
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    from serving.edge import ENVELOPE_BYTES
+    from serving.redis_link import check_url
+    from serving.settings import Settings
+
+    services, replicas = compose["services"], compose["services"]["deepfake-detector"]
+    env = replicas["environment"]
+    assert replicas["deploy"]["replicas"] >= 2
+    # The proxy publishes the port, forwards to the replicas' port and appends the address it
+    # saw to X-Forwarded-For; the replicas trust that header from its address, and only from it.
+    proxy = services["proxy"]
+    (published,) = proxy["ports"]
+    config = compose["configs"][proxy["configs"][0]["source"]]["content"]
+    assert f"listen {published.rsplit(':', 1)[1]};" in config
+    assert re.search(rf"proxy_pass http://\$\$(\w+):{BENTOML_PORT};", config)
+    assert "set $$replicas deepfake-detector;" in config
+    assert "proxy_set_header X-Forwarded-For $$proxy_add_x_forwarded_for;" in config
+    body = re.search(r"client_max_body_size (\d+)m;", config)
+    assert body and int(body.group(1)) * 2**20 >= Settings().video_max_bytes + ENVELOPE_BYTES
+    address = ipaddress.ip_address(proxy["networks"]["front"]["ipv4_address"])
+    trusted = [ipaddress.ip_network(n) for n in env["DEEPFAKE_TRUSTED_PROXIES"].split(",")]
+    assert env["DEEPFAKE_TRUST_FORWARDED_FOR"] == "true" and [address in n for n in trusted] == [True]
+    subnet = compose["networks"]["front"]["ipam"]["config"][0]["subnet"]
+    assert address in ipaddress.ip_network(subnet)
+    # Jobs and limits in Redis, on a network only the replicas share with it, never published.
+    url = re.fullmatch(r"\$\{DEEPFAKE_JOB_STORE:-(.+)\}", env["DEEPFAKE_JOB_STORE"]).group(1)
+    check_url(url)
+    redis = services[urlsplit(url).hostname]
+    assert "ports" not in redis and "redis-server" in redis["command"]
+    (shared,) = set(redis["networks"]) & set(replicas["networks"])
+    assert compose["networks"][shared]["internal"] is True
+    assert set(proxy["networks"]) & set(redis["networks"]) == set()
 
 
 def k8s_grace() -> int:
@@ -257,17 +317,66 @@ def test_overlay_serves_the_fetched_model(
     assert {"DEEPFAKE_MODEL_TAG", "DEEPFAKE_REQUEST_TIMEOUT_S"} <= env  # patched in, base kept
 
 
+# ---- the with-redis overlay: a small Redis for clusters that have none
+
+
+@pytest.fixture(scope="module")
+def redis_overlay() -> dict[str, dict[str, Any]]:
+    kustomization = yaml.safe_load((REDIS_OVERLAY / "kustomization.yaml").read_text())
+    assert kustomization["resources"][0] == "../"
+    return resources(REDIS_OVERLAY)
+
+
+def test_redis_overlay_is_reached_as_the_url_says_by_the_model_server_only(
+    redis_overlay: dict[str, dict[str, Any]], k8s: dict[str, dict[str, Any]]
+) -> None:
+    deployment, service = redis_overlay["Deployment"], redis_overlay["Service"]
+    pod = deployment["spec"]["template"]
+    (redis,) = pod["spec"]["containers"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (port,) = service["spec"]["ports"]
+    assert port_number(redis, port["targetPort"]) == 6379
+    # The URL the comments tell to set names this Service and port.
+    comments = (REDIS_OVERLAY / "kustomization.yaml").read_text()
+    assert f"@{service['metadata']['name']}:{port['port']}/0" in comments
+    # The model server's selectors never take the Redis pod, and it admits only their pods.
+    for selector in (
+        k8s["Service"]["spec"]["selector"],
+        k8s["Deployment"]["spec"]["selector"]["matchLabels"],
+        k8s["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"],
+    ):
+        assert not selector.items() <= pod["metadata"]["labels"].items()
+    policy = redis_overlay["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    ((rule,),) = [r["from"] for r in policy["ingress"]]
+    server_labels = k8s["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert rule["podSelector"]["matchLabels"].items() <= server_labels.items()
+
+
+def test_redis_overlay_keeps_its_password_out_of_git(redis_overlay: dict[str, dict[str, Any]]) -> None:
+    (redis,) = redis_overlay["Deployment"]["spec"]["template"]["spec"]["containers"]
+    (password,) = redis["env"]
+    secret = redis_overlay[f"Secret/{password['valueFrom']['secretKeyRef']['name']}"]
+    assert "data" not in secret and "stringData" not in secret
+    assert f"$({password['name']})" in redis["args"]  # --requirepass, from the Secret
+    assert redis["securityContext"]["readOnlyRootFilesystem"] is True
+    assert redis_overlay["Deployment"]["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"]
+
+
 # ---- Kubernetes schemas (offline, shipped by kubernetes-validate)
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_manifests_match_kubernetes_schemas(
-    version: str, k8s: dict[str, dict[str, Any]], overlay_deployment: dict[str, Any]
+    version: str,
+    k8s: dict[str, dict[str, Any]],
+    overlay_deployment: dict[str, Any],
+    redis_overlay: dict[str, dict[str, Any]],
 ) -> None:
     kubernetes_validate = pytest.importorskip(
         "kubernetes_validate", reason="needs kubernetes-validate (requirements-ci.txt; .ci/run installs it)"
     )
-    for resource in [*k8s.values(), overlay_deployment]:
+    for resource in [*k8s.values(), overlay_deployment, *redis_overlay.values()]:
         kubernetes_validate.validate(resource, version, strict=True)
     broken = copy.deepcopy(k8s["Deployment"])
     broken["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}  # a typo must fail
