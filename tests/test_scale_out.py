@@ -39,6 +39,7 @@ from tests.videos import X264, clip, scene_moving, write_video
 RATE = 3  # per hour, per client, for the whole fleet
 STALE_AFTER_S = 4.0  # DEEPFAKE_JOB_STALE_AFTER_S: the heartbeat bound
 GRACE_S = 75  # terminationGracePeriodSeconds / stop_grace_period in deploy/
+LONG_FRAMES = 1200  # the long job's frames, every one sampled (DEEPFAKE_VIDEO_MAX_FRAMES on the replicas)
 DETECT = "/api/v1/detect/"
 JOBS = "/api/v1/detect/video/jobs"
 FACE = (FIXTURES / "astronaut.jpg").read_bytes()
@@ -73,6 +74,7 @@ def replicas(
             "DEEPFAKE_MAX_JOBS_PER_CLIENT": "1",
             "DEEPFAKE_JOB_STALE_AFTER_S": str(STALE_AFTER_S),
             "DEEPFAKE_REDIS_TIMEOUT_S": "0.5",
+            "DEEPFAKE_VIDEO_MAX_FRAMES": str(LONG_FRAMES),
         }
         return ServerProcess(env=env, ready_timeout=300)
 
@@ -93,8 +95,9 @@ def replicas(
 
 @pytest.fixture(scope="module")
 def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """300 frames: a job that runs long enough (tens of seconds) to be caught running."""
-    n = 300
+    """LONG_FRAMES frames, each sampled: a job that runs long enough (a minute or more, even on a
+    quiet machine) to be caught running, and still running once an outage is over."""
+    n = LONG_FRAMES
     path = tmp_path_factory.mktemp("long") / "long.mp4"
     return write_video(path, (scene_moving(i, n) for i in range(n)), options=X264)
 
@@ -157,7 +160,7 @@ def test_a_job_is_cancelled_through_the_other_replica_and_its_client_quota_spans
 ) -> None:
     a, b = replicas
     client = new_client()
-    submitted = submit(a, long_video, 300, client)
+    submitted = submit(a, long_video, LONG_FRAMES, client)
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["job_id"]
     wait_for_state(b, job_id, ("running",))
@@ -201,7 +204,7 @@ def test_redis_killed_and_restarted_under_load(
     reached); Redis is killed for a few seconds, then started again, empty."""
     a, b = replicas
     before = [outage_lines(server) for server in replicas]
-    submitted = submit(b, long_video, 300, new_client())
+    submitted = submit(b, long_video, LONG_FRAMES, new_client())
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["job_id"]
     wait_for_state(a, job_id, ("running",))
@@ -241,7 +244,7 @@ def test_redis_killed_and_restarted_under_load(
         assert answer.json()["error_code"] == "JOB_STORE_UNAVAILABLE" and answer.headers["retry-after"]
         assert set(answer.json()) >= {"error", "error_code", "timestamp"}
     assert statuses[200] > 0 and set(statuses) == {200}, statuses  # images were never refused
-    assert back["frames_total"] == 300
+    assert back["frames_total"] == LONG_FRAMES
     assert set(recovering) <= {200, 503}, recovering  # never "no such job" while it is written again
     cancelled = cancel(a, job_id)  # and the owner hears a cancel again
     assert cancelled.status_code == 200, cancelled.text
@@ -262,7 +265,7 @@ def test_the_owner_killed_mid_job_leaves_a_failed_job_on_the_other_replica(
     replicas: tuple[ServerProcess, ServerProcess], redis_server: RedisServer, long_video: Path
 ) -> None:
     a, b = replicas
-    submitted = submit(b, long_video, 300, new_client())
+    submitted = submit(b, long_video, LONG_FRAMES, new_client())
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["job_id"]
     wait_for_state(a, job_id, ("running",))
@@ -286,7 +289,7 @@ def test_a_replica_stopping_interrupts_its_jobs_on_every_replica(
     while not _ready(b):
         assert time.monotonic() < deadline, b.log()
         time.sleep(0.5)
-    submitted = submit(a, long_video, 300, new_client())
+    submitted = submit(a, long_video, LONG_FRAMES, new_client())
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["job_id"]
     wait_for_state(b, job_id, ("running",))
