@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from modeling.artifacts import sha256_file
+from artifacts import sha256_file
 from modeling.spec import DEFAULT_MODEL_NAME, DETECTOR_FILES_NAME, Acceptance, ModelSpec
 
 PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8", "auto")

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from modeling.artifacts import sha256_file
+from artifacts import sha256_file
 
 # Bump when the recipe below changes, so set-up re-imports instead of keeping a stale copy.
 DEFAULT_MODEL_VERSION = "facenet-head-2"

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from modeling.artifacts import sha256_file
+from artifacts import sha256_file
 
 HEAD_UNITS = 128
 HEAD_DROPOUT = 0.3

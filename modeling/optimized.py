@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from modeling.artifacts import sha256_file
+from artifacts import sha256_file
 from modeling.spec import Acceptance, ModelSpec, Precision
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from artifacts import sha256_file
 from model_import import ImportRefused, import_model, main
-from modeling.artifacts import sha256_file
 from modeling.inference import Classifier
 from modeling.optimized import (
     CALIBRATION_SET,
