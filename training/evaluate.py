@@ -77,8 +77,9 @@ def load_crops(
 def predict_p_fake(loaded: LoadedModel, crops: list[Crop], root: Path) -> np.ndarray:
     """P(fake) of every crop, in batches (one compiled call per batch)."""
     outputs = []
+    size = tuple(int(d) for d in loaded.model.inputs[0].shape[1:3])
     for start in range(0, len(crops), BATCH):
-        batch = np.stack([load_pixels(Path(root) / crop.path) for crop in crops[start : start + BATCH]])
+        batch = np.stack([load_pixels(Path(root) / crop.path, size) for crop in crops[start : start + BATCH]])
         raw = np.asarray(loaded.model.predict_on_batch(normalize(batch, loaded.normalization)), np.float64)
         outputs.append(raw.reshape(-1))
     raw = np.concatenate(outputs)
