@@ -638,3 +638,30 @@ def test_oof_protocol_writes_the_operating_point_into_the_network(tmp_path: Path
     assert 0.0 <= recipe["metrics"]["probe_auc"] <= 1.0
     report = (run / "eval_report.txt").read_text()
     assert "pooled out-of-fold" in report and "shortcut probe" in report
+
+
+def test_linear_probe_serves_the_logits_it_was_fitted_with() -> None:
+    """training.linear: the served Keras head (frozen batch norm, Dense logit, calibration)
+    gives the logits of the numpy fit, which is the trivial-feature probe's own regression
+    (same objective) on the same rows; a snapshot restores the same head."""
+    from training.features import FeatureSet
+    from training.linear import LinearTrainer
+    from training.probe import fit_logistic, predict_logistic
+
+    rng = np.random.default_rng(0)
+    n, d = 400, 24
+    x = rng.normal(size=(n, d)) * rng.uniform(0.5, 3.0, d) + rng.normal(size=d)
+    y = (x @ rng.normal(size=d) / np.sqrt(d) + rng.normal(size=n) > 0).astype(float)
+    w = rng.uniform(0.5, 2.0, n)
+    features = FeatureSet(x.astype(np.float32), np.arange(n), np.zeros(n, np.int64))
+    trainer = LinearTrainer(d, TrainConfig(), l2=0.01)
+    trainer.train_stages(features, y, w, np.arange(n))
+    z = trainer.logits(features.cut)
+    served = np.asarray(trainer.model.predict_on_batch(features.cut)).reshape(-1)
+    np.testing.assert_allclose(served, 1.0 / (1.0 + np.exp(-z)), atol=1e-6)
+    reference = predict_logistic(fit_logistic(x, y, w, l2=0.01, iterations=100), x)
+    np.testing.assert_allclose(z, reference, atol=1e-4)
+    assert roc_auc(1 - y, -z) > 0.8
+    other = LinearTrainer(d, TrainConfig(), l2=0.01)
+    other.restore(trainer.snapshot())
+    np.testing.assert_array_equal(other.logits(features.cut), z)

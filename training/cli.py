@@ -1,4 +1,4 @@
-"""Command line: `python -m training fetch|prepare|train|evaluate|build-default`.
+"""Command line: `python -m training fetch|prepare|train|evaluate|compare|build-default`.
 
     python -m training prepare my_data/ prepared/            # my_data/{real,fake}/<source>/<group>/...
     python -m training train prepared/ --out runs/first      # both stages, calibration, threshold
@@ -6,6 +6,7 @@
     BENTOML_HOME=.bentoml python model_import.py runs/first/model.keras \\
         --threshold "$(python -c 'import json;print(json.load(open("runs/first/recipe.json"))["threshold"])')"
 
+    python -m training compare                                # every candidate of training/PROTOCOL.md
     python -m training build-default                          # the committed default model, from scratch
 
 Run with the training environment (`pip install -r requirements.txt -r requirements-train.txt`).
@@ -66,6 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--faces", default="largest", choices=("largest", "all"))
     ev.add_argument("--cropped", default="auto", choices=("auto", "yes", "no"))
 
+    compare = commands.add_parser(
+        "compare", help="run the candidates of the frozen protocol (training/PROTOCOL.md) on cached features"
+    )
+    compare.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    compare.add_argument("--only", nargs="*", default=None, help="candidate names (default: all)")
+    compare.add_argument(
+        "--features-only", action="store_true", help="prepare and cache features, no candidates"
+    )
+    compare.add_argument("--costs", type=Path, help="bench/model_cost.py's JSON: select and write the table")
+
     default = commands.add_parser("build-default", help="rebuild models/default from the registries")
     default.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     default.add_argument("--no-loso", action="store_true")
@@ -79,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    if args.command in ("train", "build-default"):
+    if args.command in ("train", "build-default", "compare"):
         _deterministic()
     if args.command == "fetch":
         from training.sources import fetch_default_data
@@ -114,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         crops, root = load_crops(args.data, args.out, split=args.split, config=config)
         evaluate(loaded, crops, root, args.out, title=f"{args.data} ({args.split})")
         print((args.out / "eval_report.txt").read_text())
+    elif args.command == "compare":
+        from training.compare import main_compare
+
+        main_compare(args.cache, only=args.only, features_only=args.features_only, costs=args.costs)
     elif args.command == "build-default":
         from training.default_recipe import build_default
 
