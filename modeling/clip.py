@@ -406,3 +406,59 @@ def feature_model(encoder: Any, blocks: tuple[int, ...] = tuple(range(LAYERS))) 
     `blocks` (the residual stream after that block, (N, 768) each) and the 512-d embedding."""
     tokens = [ClassToken(name=f"cls_{i}")(encoder.get_layer(block_name(i)).output) for i in blocks]
     return keras.Model(encoder.input, [*tokens, encoder.output], name="clip_features")
+
+
+# ---- the classifier (encoder + a linear head) ----------------------------------------------
+
+# What the head reads (training/protocol.py's candidates): the L2-normalised embedding, or the
+# class tokens after some blocks side by side (0-based block indices).
+FEATURES = ("embedding", "blocks")
+
+
+def add_linear_classifier(
+    encoder: Any, features: str = "embedding", blocks: tuple[int, ...] = (), *, facenet: Any = None
+) -> Any:
+    """The classifier on `encoder`: its features -> `modeling.head.linear_head` -> P(real).
+
+    `facenet`: a FaceNet backbone (`modeling.backbone`) whose pooled 1792-d features and 512-d
+    embedding go beside the CLIP features, on the same input (its size must be FaceNet's)."""
+    from modeling.head import linear_head, set_calibration
+
+    if features == "embedding":
+        x = keras.layers.UnitNormalization(name="embedding_l2")(encoder.output)
+    elif features == "blocks":
+        if not blocks:
+            raise ValueError("features 'blocks' needs block indices")
+        x = keras.layers.Concatenate(name="block_tokens")(
+            [ClassToken(name=f"cls_{i}")(encoder.get_layer(block_name(i)).output) for i in blocks]
+        )
+    else:
+        raise ValueError(f"features {features!r}: one of {FEATURES}")
+    parts = [x]
+    if facenet is not None:
+        pooled = keras.Model(
+            facenet.input, [facenet.get_layer(n).output for n in ("AvgPool", "Embeddings")], name="facenet"
+        )
+        parts += list(pooled(encoder.input))
+    if len(parts) > 1:
+        x = keras.layers.Concatenate(name="head_features")(parts)
+    model = keras.Model(encoder.input, linear_head(x), name=f"clip_{features}_real_fake")
+    set_calibration(model, 1.0, 0.0)
+    return model
+
+
+def explain_layer(model: Any) -> str:
+    """The token layer Grad-CAM reads: the input of the deepest block whose class token the head
+    uses (a class token depends on the patch tokens only through that block's attention)."""
+    used = [i for i in range(LAYERS) if _reaches_head(model, block_name(i))]
+    deepest = max(used) if used else LAYERS - 1
+    return block_name(deepest - 1) if deepest > 0 else "pre_layernorm"
+
+
+def _reaches_head(model: Any, layer: str) -> bool:
+    names = {x.name for x in model.layers}
+    if layer not in names:
+        return False
+    index = int(layer.rsplit("_", 1)[1])
+    # The embedding path reads the last block; the "blocks" path names each block it reads.
+    return (index == LAYERS - 1 and "embedding_l2" in names) or f"cls_{index}" in names
