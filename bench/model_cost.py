@@ -8,9 +8,11 @@ change the network, so one per family and input size) the full served network (e
 head, as `model_import.py` stores it) is built with its real encoder weights and timed as the
 model service runs it (`modeling.inference`'s paths): fp32 TensorFlow (`predict_on_batch`) and,
 on a CPU with native bf16, TensorFlow's bf16 rewrite (`modeling.optimized.BF16Network`), at
-batch 1 and 32. Today's FaceNet model (fp32 and bf16) is timed first and last; the ratio column
-is against the mean of its two fp32 timings at the same batch size. Wall-clock ms per face,
-the median of `--rounds` calls after two warm-up calls. A script, not a test: the numbers
+batch 1 and 32, beside today's FaceNet model (fp32 and bf16); the ratio column
+is against its fp32 timing at batch 32. Every network is loaded first; then, per batch size,
+the paths take turns (one timed call each, round after round, after two warm-up calls each),
+so that what else runs on the machine slows them alike. Wall-clock ms per face, the median of
+`--rounds` calls (three times as many at batch 1). A script, not a test: the numbers
 depend on the machine and on what else runs on it (say so when quoting them).
 """
 
@@ -37,31 +39,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BATCHES = (1, 32)
 
 
-def time_call(call: Callable[[np.ndarray], Any], x: np.ndarray, rounds: int) -> float:
-    """Median wall-clock ms per image of `call(x)` after two warm-up calls."""
-    call(x)
-    call(x)
-    times = []
+def timed_rounds(
+    paths: dict[str, Callable[[np.ndarray], Any]], inputs: dict[str, np.ndarray], rounds: int
+) -> dict[str, float]:
+    """Median wall-clock ms per image of each path, the paths taking turns: one timed call
+    each, round after round (after two warm-up calls each), so that what else runs on the
+    machine slows them alike."""
+    for name, call in paths.items():
+        call(inputs[name])
+        call(inputs[name])
+    times: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(rounds):
-        started = time.perf_counter()
-        call(x)
-        times.append(time.perf_counter() - started)
-    return 1000.0 * statistics.median(times) / len(x)
-
-
-def measure(model: Any, size: int, rounds: int, bf16: bool) -> dict[str, dict[str, float]]:
-    from modeling.optimized import BF16Network
-
-    rng = np.random.default_rng(0)
-    out: dict[str, dict[str, float]] = {"fp32": {}, "bf16": {}}
-    paths: dict[str, Callable[[np.ndarray], Any]] = {"fp32": lambda x: model.predict_on_batch(x)}
-    if bf16:
-        paths["bf16"] = BF16Network(model)
-    for batch in BATCHES:
-        x = rng.random((batch, size, size, 3), dtype=np.float32)
         for name, call in paths.items():
-            out[name][str(batch)] = round(time_call(call, x, rounds if batch > 1 else 3 * rounds), 2)
-    return {k: v for k, v in out.items() if v}
+            started = time.perf_counter()
+            call(inputs[name])
+            times[name].append(1000.0 * (time.perf_counter() - started) / len(inputs[name]))
+    return {name: round(statistics.median(values), 2) for name, values in times.items()}
 
 
 def networks() -> list[tuple[str, int, Callable[[], Any]]]:
@@ -92,63 +85,70 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "model_cost.json")
     parser.add_argument("--only", nargs="*", help="families to time (default: all)")
+    parser.add_argument("--sizes", nargs="*", type=int, help="input sizes to time (default: all)")
     args = parser.parse_args(argv)
 
-    import keras
-
     from modeling.default import build_facenet_classifier
-    from modeling.optimized import bf16_native, describe_cpu
+    from modeling.optimized import BF16Network, bf16_native, describe_cpu
 
     bf16 = bf16_native()
+    precisions = ("fp32", "bf16") if bf16 else ("fp32",)
     results: dict[str, Any] = {"cpu": describe_cpu(), "python": platform.python_version(), "rows": []}
-
-    def facenet_reference(when: str) -> None:
-        model = build_facenet_classifier()
-        results[f"facenet_{when}"] = measure(model, 160, args.rounds, bf16)
-        print(f"facenet-head ({when}): {results[f'facenet_{when}']}", flush=True)
-
-    facenet_reference("first")
-    gc.collect()
+    models: list[tuple[str, int, Any]] = [("facenet-head", 160, build_facenet_classifier())]
     for family, size, build in networks():
-        if args.only and family not in args.only:
-            continue
-        keras.backend.clear_session()
-        gc.collect()
-        model = build()
-        row = {"family": family, "size": size, "parameters": int(model.count_params())}
-        row.update(measure(model, size, args.rounds, bf16))
-        results["rows"].append(row)
-        print(json.dumps(row), flush=True)
-        del model
-    keras.backend.clear_session()
-    gc.collect()
-    facenet_reference("last")
-    reference = {
-        b: statistics.mean([results[f"facenet_{w}"]["fp32"][b] for w in ("first", "last")])
-        for b in ("1", "32")
-    }
+        if (not args.only or family in args.only) and (not args.sizes or size in args.sizes):
+            models.append((family, size, build()))
+            gc.collect()
+    rng = np.random.default_rng(0)
+    for batch in BATCHES:
+        paths: dict[str, Callable[[np.ndarray], Any]] = {}
+        inputs: dict[str, np.ndarray] = {}
+        for family, size, model in models:
+            x = rng.random((batch, size, size, 3), dtype=np.float32)
+            for precision in precisions:
+                name = f"{family}@{size}/{precision}"
+                paths[name] = (
+                    (lambda m: lambda x: m.predict_on_batch(x))(model)
+                    if precision == "fp32"
+                    else BF16Network(model)
+                )
+                inputs[name] = x
+        rounds = args.rounds if batch > 1 else 3 * args.rounds
+        for name, ms in timed_rounds(paths, inputs, rounds).items():
+            results.setdefault("ms", {}).setdefault(name, {})[str(batch)] = ms
+            print(f"batch {batch:>2} {name:<28} {ms:8.2f} ms/face", flush=True)
+    ms = results["ms"]
+    reference = {b: ms["facenet-head@160/fp32"][b] for b in ("1", "32")}
     results["facenet_fp32_ms"] = reference
+    results["facenet"] = {p: ms[f"facenet-head@160/{p}"] for p in precisions}
     picked = "bf16" if bf16 else "fp32"
-    for row in results["rows"]:
+    for family, size, model in models[1:]:
+        row = {"family": family, "size": size, "parameters": int(model.count_params())}
+        row.update({p: ms[f"{family}@{size}/{p}"] for p in precisions})
         row["ratio_to_facenet_fp32_batch32"] = {
-            p: round(row[p]["32"] / reference["32"], 2) for p in ("fp32", "bf16") if p in row
+            p: round(row[p]["32"] / reference["32"], 2) for p in precisions
         }
+        results["rows"].append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\n{results['cpu']}; FaceNet fp32 ms/face: batch 1 {reference['1']:.1f}, 32 {reference['32']:.1f}")
     columns = ("fp32 b1", "fp32 b32", "bf16 b1", "bf16 b32", "x FaceNet")
     print(f"{'network':<16} {'size':>4} " + " ".join(f"{c:>9}" for c in columns))
-    for row in results["rows"]:
+    facenet = {"family": "facenet-head", "size": 160, **results["facenet"]}
+    facenet["ratio_to_facenet_fp32_batch32"] = {
+        p: round(results["facenet"][p]["32"] / reference["32"], 2) for p in precisions
+    }
+    for row in [facenet, *results["rows"]]:
         bf = row.get("bf16", {})
         print(
             f"{row['family']:<16} {row['size']:>4} {row['fp32']['1']:>9.1f} {row['fp32']['32']:>9.1f} "
             f"{bf.get('1', float('nan')):>9.1f} {bf.get('32', float('nan')):>9.1f} "
             f"{row['ratio_to_facenet_fp32_batch32'][picked]:>9.2f}"
         )
-    print(f"(x FaceNet: {picked} at batch 32 over FaceNet fp32 at batch 32; written to {args.out})")
+    print(f"(x FaceNet: {picked} at batch 32 over FaceNet fp32 at batch 32, same run; written to {args.out})")
     return 0
 
 

@@ -262,3 +262,22 @@ def test_default_model_passes_the_gate_in_bf16() -> None:
     assert gate.accepted and optimized is None
     # fp32 scores the fixtures as committed (test_default_model.py); bf16 stays within the gate
     assert gate.fixtures == 8 and gate.fixture_flips == 0 and gate.max_p_fake_change <= MAX_P_FAKE_CHANGE
+
+
+@pytest.mark.skipif(not bf16_native(), reason="bf16 needs a CPU with native bf16 (AVX512_BF16 or AMX)")
+def test_clip_model_is_imported_in_fp32_because_the_gate_refuses_bf16() -> None:
+    """The CLIP model's recipe lists no precision for `auto` (`precision_auto`: []), because the
+    gate refuses bf16 on it: this checks that reason still holds (in memory; the import around
+    the gate is the small model's above). The FaceNet default's bf16 passes the same gate."""
+    from model_import import try_precision
+    from modeling.default import build_default_classifier, read_recipe
+
+    recipe = read_recipe("clip")
+    assert recipe["precision_auto"] == [] and "bf16" in recipe["precision_note"]
+    model = build_default_classifier("clip")
+    size = recipe["backbone"]["input_size"]
+    spec = ModelSpec(labels=("fake", "real"), threshold=recipe["threshold"], input_size=(size, size))
+    crops = CropSet.from_folder()
+    gate, optimized = try_precision(model, spec, "bf16", crops)
+    assert optimized is None and gate.fixtures == len(crops.fixtures) >= 8
+    assert not gate.accepted and gate.max_p_fake_change > MAX_P_FAKE_CHANGE

@@ -596,10 +596,12 @@ def test_default_model_passes_the_recipe_spec_fields() -> None:
     spec = ModelSpec(**spec_fields(recipe))
     assert (spec.verdict_bands.real_up_to, spec.verdict_bands.fake_from) == (0.25, 0.8)
     assert spec.group.real_logit_std == 1.7 and spec.detector == "blazeface"
-    assert spec.calibration["prior_fake"] == 0.3
+    assert spec.calibration["prior_fake"] == 0.3 and spec.backbone == "facenet"
     assert (
         spec_fields({"calibration": {"a": 1.0, "b": 0.0}})["detector"] == "mtcnn"
     )  # v1 recipes: MTCNN crops
+    clip = spec_fields({**recipe, "backbone": {"name": "clip-vit-b16", "input_size": 160}})
+    assert ModelSpec(**clip).backbone == "clip-vit-b16"
 
 
 def test_oof_protocol_writes_the_operating_point_into_the_network(tmp_path: Path) -> None:

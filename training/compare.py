@@ -179,19 +179,21 @@ def candidate_inputs(
 
 
 def run_candidate(
-    candidate: Any, cache: Path = DEFAULT_CACHE, log: Callable[[str], None] = print
+    candidate: Any, cache: Path = DEFAULT_CACHE, log: Callable[[str], None] = print, *, loso: bool = True
 ) -> dict[str, Any]:
-    """One candidate through the identity folds and the leave-a-source-out folds; its summary
-    (also written to `<cache>/compare/<name>.json`)."""
+    """One candidate through the identity folds and (`loso`) the leave-a-source-out folds; its
+    summary (also written to `<cache>/compare/<name>.json`). The selection rule reads the
+    out-of-fold figures only, so `loso=False` is enough to select; the report wants both."""
     from training.oof import run_oof_experiment
 
     out = Path(cache) / "compare"
     out.mkdir(parents=True, exist_ok=True)
     crops, features, trainer = candidate_inputs(candidate, cache, log)
     started = time.perf_counter()
-    experiment = run_oof_experiment(trainer, crops, features, loso=True, log=log)
+    experiment = run_oof_experiment(trainer, crops, features, loso=loso, log=log)
     summary = summarise(candidate, crops, features, experiment)
     summary["seconds"] = round(time.perf_counter() - started, 1)
+    summary["loso_run"] = loso
     (out / f"{candidate.name}.json").write_text(json.dumps(_clean(summary), indent=1) + "\n")
     np.savez(
         out / f"{candidate.name}-scores.npz",
@@ -317,8 +319,9 @@ def main_compare(
     *,
     only: list[str] | None = None,
     features_only: bool = False,
-    costs: Path | None = None,
+    costs: list[Path] | None = None,
     log: Callable[[str], None] = print,
+    loso: bool = True,
 ) -> list[dict[str, Any]]:
     """Features for every size, then every candidate (or those named), then, given the cost
     table, the selection and the comparison table."""
@@ -331,8 +334,8 @@ def main_compare(
     main_features(cache, tuple(sorted({c.size for c in chosen}, reverse=True)), log)
     if features_only:
         return []
-    summaries = [run_candidate(c, cache, log) for c in chosen]
-    if costs is not None:
+    summaries = [run_candidate(c, cache, log, loso=loso) for c in chosen]
+    if costs:
         from training.selection import write_comparison
 
         write_comparison(cache, costs, log)

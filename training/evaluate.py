@@ -40,12 +40,12 @@ def load_for_evaluation(
     `recipe.json`), or a `.keras`/`.h5` file or SavedModel folder (`output`/`threshold` given)."""
     from modeling.loading import load_classifier
 
-    if spec == "default":
+    if spec in ("default", "clip"):
         from modeling.default import build_default_classifier, read_recipe
 
-        recipe = read_recipe()
-        model = build_default_classifier()
-        return LoadedModel(model, "p_real", recipe["threshold"], f"default model ({recipe['version']})")
+        recipe = read_recipe(spec)
+        model = build_default_classifier(spec)
+        return LoadedModel(model, "p_real", recipe["threshold"], f"{spec} model ({recipe['version']})")
     path = Path(spec)
     if path.is_dir() and (path / "recipe.json").is_file():
         recipe = json.loads((path / "recipe.json").read_text())

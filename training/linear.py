@@ -4,7 +4,7 @@
 
 fitted by L2-regularised logistic regression, weighted like the network's training rows
 (objective: weighted mean log-loss + l2 / 2 * ||w||^2, weights of mean 1, no penalty on b),
-by Newton's method in float64. `LinearTrainer` has the `Trainer` methods `training.oof` calls
+by a damped Newton method (`fit_logistic_l2`). `LinearTrainer` has the `Trainer` methods `training.oof` calls
 (`train_stages`, `logits`, `snapshot`, `restore`, `model` with a `Calibration` layer), so the
 identity folds, the pooled operating point and the leave-a-source-out folds run unchanged.
 Its `model` is the served head (`modeling.head.build_linear_head`): the standardisation is a
@@ -29,38 +29,52 @@ from training.features import FeatureSet
 from training.train import TrainConfig
 
 MAX_ITERATIONS = 50
-TOLERANCE = 1e-9
+TOLERANCE = 1e-10  # on the Newton decrement (grad . step): the objective is within it of its minimum
 
 
 def fit_logistic_l2(
-    x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float, start: np.ndarray | None = None
 ) -> tuple[np.ndarray, float, float]:
     """(coefficients, intercept, objective) of the weighted L2 logistic regression of y on x
-    (already standardised)."""
+    (already standardised). Newton's method: gradient and objective in float64, the Hessian (only
+    the step's direction) in float32, which halves its cost; it stops when the Newton decrement
+    is below TOLERANCE; a step that would raise the objective is halved. `start`:
+    coefficients and intercept to start from (default zeros)."""
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     w = np.asarray(w, np.float64)
     w = w / w.mean()
     n, d = x.shape
     z = np.hstack([x, np.ones((n, 1))])
-    beta = np.zeros(d + 1)
+    z32 = z.astype(np.float32)
+    beta = np.zeros(d + 1) if start is None or len(start) != d + 1 else np.array(start, np.float64)
     penalty = np.full(d + 1, float(l2))
     penalty[-1] = 0.0
-    objective = np.inf
+
+    def objective_of(b: np.ndarray) -> float:
+        margin = z @ b
+        return float(np.mean(w * (np.logaddexp(0.0, margin) - y * margin)) + 0.5 * np.sum(penalty * b**2))
+
+    objective = objective_of(beta)
     for _ in range(MAX_ITERATIONS):
-        margin = z @ beta
-        p = 1.0 / (1.0 + np.exp(-margin))
+        p = 0.5 * (1.0 + np.tanh(0.5 * (z @ beta)))  # the logistic function, without overflow
         grad = z.T @ (w * (p - y)) / n + penalty * beta
-        curvature = w * p * (1.0 - p) / n
-        hessian = (z * curvature[:, None]).T @ z
+        curvature = (w * p * (1.0 - p) / n).astype(np.float32)
+        hessian = ((z32 * curvature[:, None]).T @ z32).astype(np.float64)
         hessian[np.diag_indices_from(hessian)] += penalty + 1e-10
         step = np.linalg.solve(hessian, grad)
-        beta -= step
-        if np.max(np.abs(step)) < TOLERANCE:
+        decrement = float(grad @ step)
+        # Damped: halve the step until the objective does not rise (a far start can overshoot).
+        scale = 1.0
+        while True:
+            trial = beta - scale * step
+            value = objective_of(trial)
+            if value <= objective + 1e-12 or scale < 1e-6:
+                break
+            scale *= 0.5
+        beta, objective = trial, value
+        if decrement < TOLERANCE:
             break
-    margin = z @ beta
-    loss = np.mean(w * (np.logaddexp(0.0, margin) - y * margin))
-    objective = float(loss + 0.5 * np.sum(penalty * beta**2))
     return beta[:-1], float(beta[-1]), objective
 
 
