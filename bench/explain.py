@@ -83,7 +83,9 @@ def load_model(model_tag: str | None) -> tuple[Any, ModelSpec]:
 
         recipe = read_recipe()
         labels = ("fake", "real") if recipe["output"] == "p_real" else ("real", "fake")
-        return build_default_classifier(), ModelSpec(labels=labels, threshold=recipe["threshold"])
+        model = build_default_classifier()
+        size = tuple(int(d) for d in model.inputs[0].shape[1:3])
+        return model, ModelSpec(labels=labels, threshold=recipe["threshold"], input_size=size)
     import bentoml
 
     from modeling.inference import stored_file

@@ -183,8 +183,12 @@ def load_model(tag: str) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
 
         recipe = read_recipe()
         labels = ("fake", "real") if recipe["output"] == "p_real" else ("real", "fake")
-        spec = ModelSpec(labels=labels, threshold=recipe["threshold"], normalization="zero_one")
-        classifier = Classifier.from_keras(build_default_classifier(), spec)
+        model = build_default_classifier()
+        size = tuple(int(d) for d in model.inputs[0].shape[1:3])
+        spec = ModelSpec(
+            labels=labels, threshold=recipe["threshold"], normalization="zero_one", input_size=size
+        )
+        classifier = Classifier.from_keras(model, spec)
         classifier(np.zeros((1, *spec.input_size, 3), np.uint8))  # warm-up
     else:
         import bentoml

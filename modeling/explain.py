@@ -19,8 +19,13 @@
   centre): FaceNet's valid-padded convolutions put Block17's 8x8 cells at pixels 21..133 of
   the 160 px crop, not spread evenly over it, and `heatmap_png` draws the map there.
 
-The defaults (Grad-CAM on Block17_10, 8x8; only positive evidence) come from the sanity
-checks of `bench/explain.py sanity` on the default model's 35 fixture faces. Block35 (17x17)
+The CLIP classifier (`modeling.clip`): Grad-CAM on the patch tokens entering the deepest block
+whose class token the head reads (the class token depends on the patch tokens only through that
+block's attention), laid out on the patch grid (14x14 at 224 px, 16 px cells); see
+`default_layer`.
+
+FaceNet's defaults (Grad-CAM on Block17_10, 8x8; only positive evidence) come from the sanity
+checks of `bench/explain.py sanity` on that model's 35 fixture faces. Block35 (17x17)
 left 32 of 70 maps empty; Block8 (3x3) is too coarse to point at a part of a face and its
 deletion effect was the weakest; Grad-CAM++ barely changed when the trained head was
 re-initialised (map correlation 0.97) and its hottest cells were the ones whose masking
@@ -178,8 +183,13 @@ _WINDOW_LAYERS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "MaxPooling2D"
 
 def cell_grid(model: Any, layer: str) -> CellGrid:
     """Receptive-field centres of `layer`'s cells, followed through the model's graph from its
-    input: every convolution and pooling shifts and strides them, padding as TensorFlow pads."""
+    input: every convolution and pooling shifts and strides them, padding as TensorFlow pads.
+
+    A vision transformer's token layer (N, 1 + h*w, C), in a model with a `patch_embedding`
+    convolution: its cells are the patch tokens, on that convolution's grid."""
     output = model.get_layer(layer).output
+    if is_token_layer(model, layer):
+        return cell_grid(model, PATCH_LAYER)
     if len(output.shape) != 4:
         raise ValueError(f"layer {layer!r} has output shape {output.shape}: not a (N, h, w, C) map")
     input_size = tuple(int(d) for d in model.inputs[0].shape[1:3])
@@ -234,6 +244,32 @@ def _geometry(tensor: Any, parent_geometry: Any) -> tuple[tuple[float, float], t
     return offset, stride
 
 
+PATCH_LAYER = "patch_embedding"  # a vision transformer's patch convolution (modeling/clip.py)
+
+
+def is_token_layer(model: Any, layer: str) -> bool:
+    """A (N, 1 + h*w, C) token sequence (class token first) of a model whose patch convolution
+    makes an h x w grid."""
+    names = {existing.name for existing in model.layers}
+    if PATCH_LAYER not in names or layer == PATCH_LAYER:
+        return False
+    shape = model.get_layer(layer).output.shape
+    grid = model.get_layer(PATCH_LAYER).output.shape[1:3]
+    return len(shape) == 3 and shape[1] == 1 + int(grid[0]) * int(grid[1])
+
+
+def default_layer(model: Any) -> str:
+    """The layer maps are taken at by default: FaceNet's Block17 (DEFAULT_LAYER), or, for the
+    CLIP classifier, the tokens entering the deepest block whose class token the head reads
+    (`modeling.clip.explain_layer`)."""
+    names = {existing.name for existing in model.layers}
+    if PATCH_LAYER in names:
+        from modeling.clip import explain_layer
+
+        return explain_layer(model)
+    return DEFAULT_LAYER
+
+
 # ---- the maps ------------------------------------------------------------------------------
 
 
@@ -261,6 +297,7 @@ class Explainer:
                 f"the model has no layer {layer!r} (a SavedModel import has no layers to explain)"
             )
         self.grid = cell_grid(model, layer)
+        self._tokens = is_token_layer(model, layer)
         cut = model.get_layer(layer).output
         last = model.outputs[0]._keras_history.operation
         # The logit: the input of a final Dense(sigmoid) layer, else the output's log-odds.
@@ -270,12 +307,17 @@ class Explainer:
         top_output = last.input if self._dense_sigmoid else model.outputs[0]
         self._last = last
         self._bottom = keras.Model(model.inputs[0], cut, name="explain_bottom")
+        self._both = None
         try:
             self._top = keras.Model(cut, top_output, name="explain_top")
         except ValueError as exc:  # Keras: "output ... is not connected to inputs"
-            raise ValueError(
-                f"layer {layer!r} is not a cut point of the model (a connection bypasses it): {exc}"
-            ) from exc
+            if not self._tokens:
+                raise ValueError(
+                    f"layer {layer!r} is not a cut point of the model (a connection bypasses it): {exc}"
+                ) from exc
+            # A transformer head that also reads earlier blocks' class tokens: one pass that
+            # returns the layer's tokens and the logit's input, the gradient taken between them.
+            self._both = keras.Model(model.inputs[0], [cut, top_output], name="explain_both")
         # P(fake)'s logit is the logit itself for a P(fake) model, its negation for P(real).
         self._sign = 1.0 if spec.labels[1] == "fake" else -1.0
         height, width = spec.input_size
@@ -296,14 +338,25 @@ class Explainer:
     def _maps(self, x: Any) -> tuple[Any, Any]:
         import tensorflow as tf
 
-        activations = self._bottom(x, training=False)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(activations)
-            logit = self._sign * self._logit(self._top(activations, training=False))
-            # Each face's logit depends on its own activations only: one backward for the batch.
-            total = tf.reduce_sum(logit)
+        if self._both is None:
+            activations = self._bottom(x, training=False)
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(activations)
+                logit = self._sign * self._logit(self._top(activations, training=False))
+                # Each face's logit depends on its own activations only: one backward for the batch.
+                total = tf.reduce_sum(logit)
+        else:
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(x)  # records the pass from the input; the gradient stops at the layer
+                activations, top = self._both(x, training=False)
+                logit = self._sign * self._logit(top)
+                total = tf.reduce_sum(logit)
         grads = tape.gradient(total, activations)
         a = tf.cast(activations, tf.float32)
+        if self._tokens:  # the patch tokens (the class token dropped) laid out on their grid
+            h, w = self.grid.cells
+            a = tf.reshape(a[:, 1:, :], [-1, h, w, a.shape[-1]])
+            grads = tf.reshape(tf.cast(grads, tf.float32)[:, 1:, :], [-1, h, w, a.shape[-1]])
         if self.method == "gradcam":
             weights = tf.reduce_mean(grads, axis=[1, 2], keepdims=True)
             cam = tf.reduce_sum(weights * a, axis=-1)
@@ -342,12 +395,13 @@ _EXPLAINERS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Explainer]] = 
 def explainer_for(
     model: Any,
     spec: ModelSpec,
-    layer: str = DEFAULT_LAYER,
+    layer: str | None = None,
     method: Method = DEFAULT_METHOD,
     scaling: Scaling = DEFAULT_SCALING,
 ) -> Explainer:
-    """One `Explainer` per model, spec and choice of layer, method and scaling, kept as long as
-    the model lives."""
+    """One `Explainer` per model, spec and choice of layer (default: `default_layer`), method and
+    scaling, kept as long as the model lives."""
+    layer = layer or default_layer(model)
     key = (spec.labels, spec.normalization, tuple(spec.input_size), layer, method, scaling)
     cache = _EXPLAINERS.setdefault(model, {})
     if key not in cache:
@@ -359,7 +413,7 @@ def explain_batch(
     model: Any,
     images: np.ndarray,
     spec: ModelSpec,
-    layer: str = DEFAULT_LAYER,
+    layer: str | None = None,
     method: Method = DEFAULT_METHOD,
     scaling: Scaling = DEFAULT_SCALING,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -374,9 +428,11 @@ OVERLAY_PX = 64  # the heatmap overlay's side, in pixels of its PNG
 
 
 def explainer_for_model(model: Any, spec: ModelSpec) -> Explainer:
-    """The default layer's explainer, or (a model without it, e.g. an imported one) the last
-    layer with a spatial output that cuts the model in two."""
-    names = [DEFAULT_LAYER] + [layer.name for layer in reversed(model.layers) if len(layer.output.shape) == 4]
+    """The default layer's explainer (`default_layer`), or (a model without it, e.g. an imported
+    one) the last layer with a spatial output that cuts the model in two."""
+    names = [default_layer(model)] + [
+        layer.name for layer in reversed(model.layers) if len(layer.output.shape) == 4
+    ]
     for name in dict.fromkeys(names):
         try:
             return explainer_for(model, spec, name)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from modeling.artifacts import sha256_file
+from artifacts import sha256_file
 
 HEAD_UNITS = 128
 HEAD_DROPOUT = 0.3
@@ -39,6 +39,9 @@ NORMALIZE_LAYER = "Head_Normalize"
 LOGIT_LAYER = "Head_Logit"
 CALIBRATION_LAYER = "Calibration"
 HEAD_LAYERS = (NORMALIZE_LAYER, "Head_Dense", LOGIT_LAYER, CALIBRATION_LAYER)
+# The linear head of a probe on frozen features (the CLIP models): standardise, one logit.
+LINEAR_HEAD_LAYERS = (NORMALIZE_LAYER, LOGIT_LAYER, CALIBRATION_LAYER)
+NORMALIZE_EPSILON = 1e-6
 FROZEN_HEAD_LAYERS = (NORMALIZE_LAYER, CALIBRATION_LAYER)  # set by training, never by gradients
 # Training caches this layer's output (3x3x1792 at 160 px): everything after it is cheap.
 CUT_LAYER = "Block8_5_Activation"
@@ -57,7 +60,9 @@ def add_head(backbone: Any, *, seed: int = 0, name: str = "facenet_real_fake") -
     )
     # Fixed per-feature standardisation: a frozen batch norm whose statistics training sets
     # from the training features (`set_normalization`), read live from its variables.
-    normalize = keras.layers.BatchNormalization(center=False, scale=False, epsilon=1e-6, name=NORMALIZE_LAYER)
+    normalize = keras.layers.BatchNormalization(
+        center=False, scale=False, epsilon=NORMALIZE_EPSILON, name=NORMALIZE_LAYER
+    )
     normalize.trainable = False
     x = normalize(features)
     x = keras.layers.Dropout(HEAD_INPUT_DROPOUT, seed=seed, name="Head_Input_Dropout")(x)
@@ -172,3 +177,56 @@ def sub_models(model: Any, cut_layer: str = CUT_LAYER) -> dict[str, Any]:
         "head_input": keras.Model(cut, head_input, name="head_input"),
         "head": keras.Model(head_input, logit, name="head"),
     }
+
+
+# ---- the linear head (a probe on frozen features) -------------------------------------------
+
+
+def linear_head(features: Any, *, seed: int = 0) -> Any:
+    """`features` (N, D) -> Head_Normalize (a frozen batch norm holding the training features'
+    mean and variance) -> Head_Logit (Dense 1: the logit of P(real)) -> Calibration (Dense 1x1 +
+    sigmoid, Platt scaling) = P(real). Training sets every weight (`training.linear`)."""
+    import keras
+
+    normalize = keras.layers.BatchNormalization(
+        center=False, scale=False, epsilon=NORMALIZE_EPSILON, name=NORMALIZE_LAYER
+    )
+    normalize.trainable = False
+    logit = keras.layers.Dense(
+        1, kernel_initializer=keras.initializers.GlorotUniform(seed=seed), name=LOGIT_LAYER
+    )(normalize(features))
+    calibration = keras.layers.Dense(1, activation="sigmoid", name=CALIBRATION_LAYER)
+    calibration.trainable = False
+    return calibration(logit)
+
+
+def build_linear_head(features_dim: int) -> Any:
+    """The linear head alone, on a (N, features_dim) input; calibration starts as identity."""
+    import keras
+
+    inputs = keras.Input((features_dim,), name="head_features")
+    model = keras.Model(inputs, linear_head(inputs), name="linear_head")
+    set_calibration(model, 1.0, 0.0)
+    return model
+
+
+def linear_head_weights(model: Any) -> dict[str, np.ndarray]:
+    """`{layer/variable: float32 array}` of the linear head's layers."""
+    return {
+        f"{name}/{variable.name}": np.asarray(variable.numpy(), np.float32)
+        for name in LINEAR_HEAD_LAYERS
+        for variable in model.get_layer(name).weights
+    }
+
+
+def load_linear_head_weights(model: Any, weights: dict[str, np.ndarray]) -> None:
+    """Assign the linear head's variables; raise on a missing, extra or misshapen one."""
+    expected = {f"{n}/{v.name}": v for n in LINEAR_HEAD_LAYERS for v in model.get_layer(n).weights}
+    if set(weights) != set(expected):
+        missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+        raise ValueError(f"head weights do not match the model: missing {missing}, extra {extra}")
+    for key, variable in expected.items():
+        value = np.asarray(weights[key], np.float32)
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(f"{key}: stored shape {value.shape} != model {tuple(variable.shape)}")
+        variable.assign(value)

@@ -78,7 +78,7 @@ class Classifier:
 
     @classmethod
     def _load_litert(cls, model_dir: Path, spec: ModelSpec, threads: int | None) -> Classifier:
-        from modeling.artifacts import require_sha256
+        from artifacts import require_sha256
         from modeling.optimized import NETWORK_FILE, LiteRTNetwork
 
         path = model_dir / spec.optimized_file

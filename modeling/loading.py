@@ -11,8 +11,13 @@ SAVED_MODEL_ENDPOINTS = ("serving_default", "serve")
 
 
 def load_classifier(path: Path, *, safe_mode: bool = True) -> Any:
-    """Return a `keras.Model`; a SavedModel folder is wrapped in an inference-only layer."""
+    """Return a `keras.Model`; a SavedModel folder is wrapped in an inference-only layer.
+
+    The project's registered layers (the CLIP encoder's, `modeling.clip`) are known to Keras
+    once their module is imported: they load with `safe_mode` on."""
     import keras
+
+    import modeling.clip  # noqa: F401 - registers the CLIP layers with Keras
 
     path = Path(path)
     if path.is_dir():

@@ -2,7 +2,7 @@
 
     python -m modeling.optimized calibration-set PREPARED_OR_CROPS OUT [--calibration N --evaluation N]
 
-Precisions (measured on the default FaceNet model, 2-core AMD EPYC with AVX512_BF16/VNNI, shared
+Precisions (measured on the FaceNet model, models/facenet, 2-core AMD EPYC with AVX512_BF16/VNNI, shared
 and busy, `bench/precision.py`: core-ms per image at batch 32, and the largest change of P(fake)
 over the committed evaluation crops and fixtures):
 
@@ -14,7 +14,7 @@ over the committed evaluation crops and fixtures):
 * `fp16`: a LiteRT file with fp16 weights (XNNPACK computes in fp32 on x86): the speed of fp32,
   drift 0.001, and no TensorFlow in the model process (270 MB resident instead of 760 MB).
 * `int8`: a LiteRT full-integer file (weights and activations int8, float in and out),
-  calibrated on training crops: 11-12 core-ms, but drift 0.39 on the default model (its head
+  calibrated on training crops: 11-12 core-ms, but drift 0.39 on the FaceNet model (its head
   sums 2304 standardised features, which adds up the quantisation noise of the whole backbone;
   int8 in the stem alone already moves P(fake) by 0.10), and its int8 prewhitening divides by
   zero on a flat image: the gate refuses it there.
@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from modeling.artifacts import sha256_file
+from artifacts import sha256_file
 from modeling.spec import Acceptance, ModelSpec, Precision
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -105,6 +105,8 @@ class ModelSpec(BaseModel):
     face_align: bool = False
     # The face detector the training crops came from (preprocessing.faces); "" if unknown.
     detector: str = ""
+    # The backbone the classifier is built on ("clip-vit-b16", "facenet"); "" if not stated.
+    backbone: str = ""
     verdict_bands: VerdictBands = Field(default_factory=VerdictBands)
     group: GroupRule = Field(default_factory=GroupRule)
     # How the served probability was calibrated, and under which prior (informational).

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from modeling.artifacts import pip_download, require_sha256, sha256_file
+from artifacts import pip_download, require_sha256, sha256_file
 from preprocessing.faces import DEFAULT_MAX_FACES, Face, drop_nested
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "blazeface"

@@ -79,6 +79,7 @@ def model_info_report(spec: ModelSpec, tag: str, described: ModelDescription) ->
         group=spec.group.model_dump(),
         calibration=spec.calibration,
         detector=spec.detector,
+        backbone=spec.backbone,
         precision=described.served.get("precision", spec.precision),
         runtime=described.served.get("runtime", spec.runtime),
         acceptance=spec.acceptance.model_dump() if spec.acceptance else None,

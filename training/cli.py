@@ -1,4 +1,4 @@
-"""Command line: `python -m training fetch|prepare|train|evaluate|build-default`.
+"""Command line: `python -m training fetch|prepare|train|evaluate|compare|build-default`.
 
     python -m training prepare my_data/ prepared/            # my_data/{real,fake}/<source>/<group>/...
     python -m training train prepared/ --out runs/first      # both stages, calibration, threshold
@@ -6,6 +6,7 @@
     BENTOML_HOME=.bentoml python model_import.py runs/first/model.keras \\
         --threshold "$(python -c 'import json;print(json.load(open("runs/first/recipe.json"))["threshold"])')"
 
+    python -m training compare                                # every candidate of training/PROTOCOL.md
     python -m training build-default                          # the committed default model, from scratch
 
 Run with the training environment (`pip install -r requirements.txt -r requirements-train.txt`).
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_dataclass_options(train, TrainConfig)
 
     ev = commands.add_parser("evaluate", help="report on any labelled or prepared folder")
-    ev.add_argument("--model", required=True, help="'default', a run folder, or a .keras/.h5 file")
+    ev.add_argument("--model", required=True, help="'default', 'facenet', a run folder, or a .keras/.h5 file")
     ev.add_argument("--data", type=Path, required=True, help="raw labelled folder or prepared folder")
     ev.add_argument("--out", type=Path, required=True, help="report folder")
     ev.add_argument("--split", default="all", choices=("all", "train", "val", "test"))
@@ -65,6 +66,27 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--threshold", type=float, help="for a model file: fake when P(fake) >= threshold")
     ev.add_argument("--faces", default="largest", choices=("largest", "all"))
     ev.add_argument("--cropped", default="auto", choices=("auto", "yes", "no"))
+
+    compare = commands.add_parser(
+        "compare", help="run the candidates of the frozen protocol (training/PROTOCOL.md) on cached features"
+    )
+    compare.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    compare.add_argument("--only", nargs="*", default=None, help="candidate names (default: all)")
+    compare.add_argument(
+        "--features-only", action="store_true", help="prepare and cache features, no candidates"
+    )
+    compare.add_argument(
+        "--costs",
+        type=Path,
+        nargs="+",
+        help="bench/model_cost.py JSON files (the first that timed a network counts): select, write a table",
+    )
+    compare.add_argument(
+        "--loso", action=argparse.BooleanOptionalAction, default=True, help="run the leave-a-source-out folds"
+    )
+    compare.add_argument(
+        "--publish", action="store_true", help="copy the comparison into models/default (eval report, recipe)"
+    )
 
     default = commands.add_parser("build-default", help="rebuild models/default from the registries")
     default.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
@@ -75,11 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     default.add_argument(
         "--out", type=Path, help="write the model here instead of models/default (no test fixtures then)"
     )
-    default.add_argument("--detector", default="blazeface", help="the face detector of the crops")
+    default.add_argument("--detector", default="blazeface", help="the face detector of the crops (facenet)")
+    default.add_argument(
+        "--model",
+        default="default",
+        choices=("default", "clip"),
+        help="default: FaceNet's model (models/default); clip: the CLIP probe (models/clip)",
+    )
 
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    if args.command in ("train", "build-default"):
+    if args.command in ("train", "build-default", "compare"):
         _deterministic()
     if args.command == "fetch":
         from training.sources import fetch_default_data
@@ -114,6 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         crops, root = load_crops(args.data, args.out, split=args.split, config=config)
         evaluate(loaded, crops, root, args.out, title=f"{args.data} ({args.split})")
         print((args.out / "eval_report.txt").read_text())
+    elif args.command == "compare":
+        from training.compare import main_compare
+
+        main_compare(
+            args.cache, only=args.only, features_only=args.features_only, costs=args.costs, loso=args.loso
+        )
+        if args.publish:
+            from training.default_recipe import refresh_comparison
+
+            refresh_comparison(args.cache)
     elif args.command == "build-default":
         from training.default_recipe import build_default
 
@@ -123,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             write_fixtures=not args.no_fixtures,
             out=args.out,
             detector=args.detector,
+            model=args.model,
         )
-        print(f"default model {recipe['version']} written to {args.out or 'models/default'}")
+        print(f"{args.model} model {recipe['version']} written to {args.out or 'models/' + args.model}")
     print(f"done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
 

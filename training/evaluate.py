@@ -40,12 +40,12 @@ def load_for_evaluation(
     `recipe.json`), or a `.keras`/`.h5` file or SavedModel folder (`output`/`threshold` given)."""
     from modeling.loading import load_classifier
 
-    if spec == "default":
+    if spec in ("default", "clip"):
         from modeling.default import build_default_classifier, read_recipe
 
-        recipe = read_recipe()
-        model = build_default_classifier()
-        return LoadedModel(model, "p_real", recipe["threshold"], f"default model ({recipe['version']})")
+        recipe = read_recipe(spec)
+        model = build_default_classifier(spec)
+        return LoadedModel(model, "p_real", recipe["threshold"], f"{spec} model ({recipe['version']})")
     path = Path(spec)
     if path.is_dir() and (path / "recipe.json").is_file():
         recipe = json.loads((path / "recipe.json").read_text())
@@ -77,8 +77,9 @@ def load_crops(
 def predict_p_fake(loaded: LoadedModel, crops: list[Crop], root: Path) -> np.ndarray:
     """P(fake) of every crop, in batches (one compiled call per batch)."""
     outputs = []
+    size = tuple(int(d) for d in loaded.model.inputs[0].shape[1:3])
     for start in range(0, len(crops), BATCH):
-        batch = np.stack([load_pixels(Path(root) / crop.path) for crop in crops[start : start + BATCH]])
+        batch = np.stack([load_pixels(Path(root) / crop.path, size) for crop in crops[start : start + BATCH]])
         raw = np.asarray(loaded.model.predict_on_batch(normalize(batch, loaded.normalization)), np.float64)
         outputs.append(raw.reshape(-1))
     raw = np.concatenate(outputs)

@@ -64,12 +64,17 @@ def extract_features(
     cache: Path | None = None,
     fingerprint: str = "",
     log: Any = print,
+    size: tuple[int, int] | None = None,
 ) -> FeatureSet:
-    """Cut-layer activations of every crop and its copies (from `cache` when it matches)."""
+    """Cut-layer activations of every crop and its copies (from `cache` when it matches).
+
+    A model with several outputs gives each row its outputs flattened and side by side.
+    `size`: the crops' side (default: the model's input size)."""
     root = Path(root)
     augment_config = augment_config or AugmentConfig()
+    size = size or tuple(int(d) for d in features_model.inputs[0].shape[1:3])
     jobs = [(i, k) for i, crop in enumerate(crops) for k in range(int(copies[i]) + 1)]
-    key = _cache_key(crops, root, copies, seed, augment_config, fingerprint)
+    key = _cache_key(crops, root, copies, seed, augment_config, f"{fingerprint}@{size[0]}x{size[1]}")
     if cache is not None:
         path = Path(cache) / f"features-{key[:16]}.npz"
         if path.is_file():
@@ -78,8 +83,11 @@ def extract_features(
                 return FeatureSet(stored["cut"], stored["crop_index"], stored["copy"])
     outputs = []
     done = 0
-    for batch in _prefetch(_batches(jobs, crops, root, seed, augment_config, batch_size)):
-        outputs.append(np.asarray(features_model.predict_on_batch(normalize(batch, "zero_one")), np.float32))
+    for batch in _prefetch(_batches(jobs, crops, root, seed, augment_config, batch_size, size)):
+        out = features_model.predict_on_batch(normalize(batch, "zero_one"))
+        if isinstance(out, (list, tuple)):
+            out = np.concatenate([np.asarray(o, np.float32).reshape(len(batch), -1) for o in out], axis=1)
+        outputs.append(np.asarray(out, np.float32))
         done += len(batch)
         if done % (batch_size * 20) < batch_size or done == len(jobs):
             log(f"features: {done}/{len(jobs)}")
@@ -95,15 +103,21 @@ def extract_features(
 
 
 def _batches(
-    jobs: list[tuple[int, int]], crops: list[Crop], root: Path, seed: int, config: AugmentConfig, size: int
+    jobs: list[tuple[int, int]],
+    crops: list[Crop],
+    root: Path,
+    seed: int,
+    config: AugmentConfig,
+    batch_size: int,
+    size: tuple[int, int],
 ) -> Iterator[np.ndarray]:
     loaded: dict[int, np.ndarray] = {}
-    for start in range(0, len(jobs), size):
+    for start in range(0, len(jobs), batch_size):
         batch = []
-        for i, k in jobs[start : start + size]:
+        for i, k in jobs[start : start + batch_size]:
             if i not in loaded:
                 loaded.clear()  # jobs come grouped by crop: keep only the current one
-                loaded[i] = load_pixels(root / crops[i].path)
+                loaded[i] = load_pixels(root / crops[i].path, size)
             pixels = loaded[i]
             # Each copy has its own seed: the same copy whatever else is in the dataset.
             batch.append(pixels if k == 0 else augment(pixels, np.random.default_rng([seed, i, k]), config))

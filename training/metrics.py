@@ -82,6 +82,44 @@ def group_bootstrap_auc(
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
 
+def group_bootstrap_weighted_auc(
+    y_fake: np.ndarray,
+    p_fake: np.ndarray,
+    weights: np.ndarray,
+    groups: np.ndarray,
+    *,
+    rounds: int = 1000,
+    seed: int = 0,
+) -> list[float]:
+    """`group_bootstrap_auc` for a weighted AUC (`weighted_roc_auc`): whole groups resampled,
+    each drawn face keeping its weight."""
+    y, s, w, g = np.asarray(y_fake, bool), np.asarray(p_fake), np.asarray(weights), np.asarray(groups)
+    names, inverse = np.unique(g, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(len(names))]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(rounds):
+        idx = np.concatenate([members[k] for k in rng.integers(0, len(names), len(names))])
+        if y[idx].any() and not y[idx].all():
+            values.append(weighted_roc_auc(y[idx], s[idx], w[idx]))
+    if not values:
+        return [float("nan"), float("nan")]
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def source_equal_weights(labels: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """One weight per face: within each class every source carries the same total weight."""
+    labels, sources = np.asarray(labels), np.asarray(sources)
+    weights = np.zeros(len(labels))
+    for label in np.unique(labels):
+        in_class = labels == label
+        class_sources = np.unique(sources[in_class])
+        for source in class_sources:
+            members = in_class & (sources == source)
+            weights[members] = 1.0 / len(class_sources) / members.sum()
+    return weights
+
+
 def choose_threshold(y_fake: np.ndarray, p_fake: np.ndarray) -> float:
     """The P(fake) threshold with the best balanced accuracy; ties go to the one nearest 0.5.
 

@@ -69,6 +69,9 @@ class OofExperiment:
     history: dict[str, list[float]]
     folds: int
     seconds: dict[str, float]
+    # The head logit of every training row (crops and their augmented copies) from the identity
+    # fold's model that did not train on it: the degraded copies' out-of-fold scores.
+    row_logits: np.ndarray | None = None
 
 
 def run_oof_experiment(
@@ -84,7 +87,10 @@ def run_oof_experiment(
     seconds: dict[str, float] = {}
 
     started = time.perf_counter()
-    z = _out_of_fold(trainer, features, rows, weights, np.ones(len(crops), bool), rows["fold"], log, "oof")
+    row_logits = np.full(len(features.crop_index), np.nan)
+    z = _out_of_fold(
+        trainer, features, rows, weights, np.ones(len(crops), bool), rows["fold"], log, "oof", row_logits
+    )
     seconds["oof_s"] = time.perf_counter() - started
     y_real = rows["crop_y_real"]
     op = fit_operating_point(z, y_real, per_crop, max_false_accusation=cfg.max_false_accusation)
@@ -113,7 +119,7 @@ def run_oof_experiment(
             source_folds.append(_leave_out(trainer, crops, features, rows, weights, per_crop, source, log))
         seconds["loso_s"] = time.perf_counter() - started
         trainer.restore(shipped)  # the shipped model is the fit on every fold, not the last one
-    return OofExperiment(op, bands, std, oof, source_folds, shipped, history, len(folds), seconds)
+    return OofExperiment(op, bands, std, oof, source_folds, shipped, history, len(folds), seconds, row_logits)
 
 
 def _leave_out(
@@ -166,9 +172,11 @@ def _out_of_fold(
     fold_of_crop: np.ndarray,
     log: Any,
     name: str,
+    row_logits: np.ndarray | None = None,
 ) -> np.ndarray:
     """Head logit of every crop from the model trained on the usable crops of the other folds.
-    Crops that are not usable (a left-out source) are scored by the model of their fold too."""
+    Crops that are not usable (a left-out source) are scored by the model of their fold too.
+    `row_logits`, if given, receives the logit of every row (augmented copies too)."""
     z = np.full(len(fold_of_crop), np.nan)
     row_crop = features.crop_index
     clean = features.copy == 0
@@ -178,8 +186,14 @@ def _out_of_fold(
             raise ValueError(f"{name}: fold {fold} leaves one class only in training")
         started = time.perf_counter()
         trainer.train_stages(features, rows["y_real"], weights, train)
-        scored = np.flatnonzero(clean & (fold_of_crop[row_crop] == fold))
-        z[row_crop[scored]] = trainer.logits(features.cut[scored])
+        if row_logits is not None:
+            held = np.flatnonzero(fold_of_crop[row_crop] == fold)
+            row_logits[held] = trainer.logits(features.cut[held])
+            scored = held[clean[held]]
+            z[row_crop[scored]] = row_logits[scored]
+        else:
+            scored = np.flatnonzero(clean & (fold_of_crop[row_crop] == fold))
+            z[row_crop[scored]] = trainer.logits(features.cut[scored])
         log(f"{name}: fold {fold} ({len(train)} rows, {time.perf_counter() - started:.0f} s)")
     return z
 

@@ -64,6 +64,13 @@ class PrepareConfig:
     folds: int = 0  # identity folds (k-fold by group) for out-of-fold training; 0: none
     seed: int = 1337
     detector: str = "mtcnn"  # a `preprocessing.faces` detector
+    # The crops' side in pixels: the model's input size. Each size is cut from the source
+    # photos (never a resize of another size's crops); pseudo-fakes are made at that size.
+    crop_size: int = CROP_SIZE[0]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.crop_size, self.crop_size)
 
 
 def prepare(
@@ -92,7 +99,7 @@ def prepare(
     if config.folds > 1:
         crops = with_folds(crops, assign_folds([c.key for c in crops], folds=config.folds, seed=config.seed))
     if config.swap_per_real or config.morph_per_real or config.partial_per_real:
-        crops = with_landmarks(crops, out_root, lazy)
+        crops = with_landmarks(crops, out_root, lazy, config.size)
     crops += pseudo_fakes(crops, out_root, config)
     write_manifest(crops, out_root)
     report = {
@@ -122,13 +129,15 @@ def crop_image(
     crops = []
     for index, (face, margin) in enumerate(faces):
         # margin None: the service's default margin; 0 for ready crops (they are framed already)
-        crop = crop_face(image, face) if margin is None else crop_face(image, face, margin=margin)
+        crop = crop_face(image, face, size=config.size, margin=DEFAULT_MARGIN if margin is None else margin)
         name = raw.path.stem if len(faces) == 1 else f"{raw.path.stem}_face{index}"
         path = target_dir / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         crop.save(path)
         box = None if margin is not None else face.box
-        landmarks = crop_landmarks(face, DEFAULT_MARGIN) if margin is None and face.landmarks else None
+        landmarks = (
+            crop_landmarks(face, DEFAULT_MARGIN, config.size) if margin is None and face.landmarks else None
+        )
         crops.append(
             Crop(
                 str(path.relative_to(out_root)),
@@ -155,21 +164,23 @@ def crop_landmarks(
     return {name: ((px - left) * sx, (py - top) * sy) for name, (px, py) in face.landmarks.items()}
 
 
-def with_landmarks(crops: list[Crop], out_root: Path, detector: Detector) -> list[Crop]:
+def with_landmarks(
+    crops: list[Crop], out_root: Path, detector: Detector, size: tuple[int, int] = CROP_SIZE
+) -> list[Crop]:
     """Real crops without landmarks (ready crops) get them from the detector run on the crop
     itself, padded so the face is not cut by the border; failing that, the crop template."""
     done = []
     for crop in crops:
         if crop.label == "real" and crop.landmarks is None:
-            pixels = load_pixels(out_root / crop.path)
-            pad = CROP_SIZE[0] // 2
-            canvas = Image.new("RGB", (CROP_SIZE[0] + 2 * pad, CROP_SIZE[1] + 2 * pad), (0, 0, 0))
+            pixels = load_pixels(out_root / crop.path, size)
+            pad = size[0] // 2
+            canvas = Image.new("RGB", (size[0] + 2 * pad, size[1] + 2 * pad), (0, 0, 0))
             canvas.paste(Image.fromarray(pixels, "RGB"), (pad, pad))
             found = [f for f in detector.detect(canvas) if _has_eyes(f.landmarks)]
             landmarks = (
                 {n: (px - pad, py - pad) for n, (px, py) in found[0].landmarks.items()}
                 if found
-                else template_landmarks(CROP_SIZE)
+                else template_landmarks(size)
             )
             crop = replace(crop, landmarks=landmarks)
         done.append(crop)
@@ -199,7 +210,7 @@ def pseudo_fakes(crops: list[Crop], out_root: Path, config: PrepareConfig) -> li
     made = []
     for index, crop in enumerate(reals):
         rng = np.random.default_rng([config.seed, index])
-        target = load_pixels(out_root / crop.path)
+        target = load_pixels(out_root / crop.path, config.size)
         grey = config.keep_grey and is_grey(target)
         donors = _donors(crop, reals)
         jobs: list[tuple[str, Any]] = [("sbi", None)] * config.sbi_per_real
@@ -215,7 +226,7 @@ def pseudo_fakes(crops: list[Crop], out_root: Path, config: PrepareConfig) -> li
                 pixels = self_blend(target, rng)
             else:
                 donor = pool[int(rng.integers(len(pool)))]
-                donor_pixels = load_pixels(out_root / donor.path)
+                donor_pixels = load_pixels(out_root / donor.path, config.size)
                 if kind == "xray":
                     pixels = xray_blend(target, donor_pixels, rng)
                 else:

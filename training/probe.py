@@ -28,7 +28,8 @@ BLOCK = 8
 
 
 def trivial_features(pixels: np.ndarray, face_side: float) -> np.ndarray:
-    """The five features of one uint8 (H, W, 3) crop whose face had `face_side` pixels."""
+    """The five features of one uint8 (H, W, 3) crop whose face had `face_side` pixels (counted
+    up to the crop's own side: the network never sees more)."""
     x = pixels.astype(np.float32)
     high, low = x.max(axis=2), x.min(axis=2)
     saturation = float(np.mean(np.where(high > 0, (high - low) / np.maximum(high, 1.0), 0.0)))
@@ -40,7 +41,7 @@ def trivial_features(pixels: np.ndarray, face_side: float) -> np.ndarray:
     y = np.asarray(grey, np.float32)
     return np.array(
         [
-            np.log(max(min(face_side, CROP_SIZE[0]), 1.0)),  # the network never sees more than 160 px
+            np.log(max(min(face_side, pixels.shape[0]), 1.0)),
             saturation,
             sharpness,
             blockiness(y),
@@ -87,16 +88,18 @@ def row_features(
     *,
     seed: int,
     augment_config: AugmentConfig,
+    size: tuple[int, int] = CROP_SIZE,
 ) -> np.ndarray:
     """Features of every training row: the crop itself (copy 0) or its k-th augmented copy, drawn
-    with the seeds `training.features` uses, so these are the very images the network saw."""
+    with the seeds `training.features` uses, so these are the very images the network saw
+    (`size`: the crops' side, the model's input)."""
     out = np.zeros((len(crop_index), len(FEATURES)))
     loaded: dict[int, np.ndarray] = {}
     for row, (i, k) in enumerate(zip(crop_index.tolist(), copy.tolist(), strict=True)):
         if i not in loaded:
             loaded.clear()
-            loaded[i] = load_pixels(root / crops[i].path)
-        pixels, side = loaded[i], crops[i].face_side or float(CROP_SIZE[0])
+            loaded[i] = load_pixels(root / crops[i].path, size)
+        pixels, side = loaded[i], crops[i].face_side or float(size[0])
         if k:
             info: dict[str, float] = {}
             pixels = augment(pixels, np.random.default_rng([seed, i, k]), augment_config, info)

