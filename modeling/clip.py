@@ -64,6 +64,8 @@ EMBEDDING = 512
 LN_EPSILON = 1e-5
 TRAINED_SIZE = 224  # the grid the position embeddings were trained on: 14 x 14
 PACKAGE = "deepfake_clip"  # the Keras registration package of the layers below
+# What a block's matrix products run in: float32, or bfloat16 for the bf16 precision.
+MATMUL_DTYPES = ("float32", "bfloat16")
 
 PATCH_LAYER = "patch_embedding"
 EMBEDDING_LAYER = "projection"
@@ -139,7 +141,13 @@ class ClipBlock(keras.layers.Layer):
         x = x + out(attention(ln_1(x)))      12 heads of 64, q and k scaled by 64 ** -0.25 each
         x = x + fc2(quick_gelu(fc1(ln_2(x))))  quick_gelu(h) = h * sigmoid(1.702 h)
 
-    q, k and v are one (W, 3W) matrix product (the three projections side by side)."""
+    q, k and v are one (W, 3W) matrix product (the three projections side by side).
+
+    `matmul_dtype` "bfloat16" (the bf16 precision, `with_bf16_matmuls`): the matrix products
+    alone run in bf16 (their kernels stored in bf16, the products read back as float32); the
+    residual stream, the layer norms, the softmax and the activation stay float32. TensorFlow's
+    bf16 rewrite (`modeling.optimized.bf16_scope`) would also carry the residual stream and the
+    layer norms in bf16, which moves P(fake) past the import's gate on this network."""
 
     def __init__(
         self,
@@ -147,44 +155,60 @@ class ClipBlock(keras.layers.Layer):
         heads: int = HEADS,
         mlp: int = MLP,
         epsilon: float = LN_EPSILON,
+        matmul_dtype: str = "float32",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.width, self.heads, self.mlp, self.epsilon = int(width), int(heads), int(mlp), float(epsilon)
+        if matmul_dtype not in MATMUL_DTYPES:
+            raise ValueError(f"matmul_dtype {matmul_dtype!r}: one of {MATMUL_DTYPES}")
+        self.matmul_dtype = matmul_dtype
 
     def build(self, input_shape: Any) -> None:
         w, m = self.width, self.mlp
         add = self.add_weight
+
+        def kernel(shape: tuple[int, int], name: str) -> Any:
+            return add(shape=shape, initializer="glorot_uniform", name=name, dtype=self.matmul_dtype)
+
         self.ln_1_gamma = add(shape=(w,), initializer="ones", name="ln_1_gamma")
         self.ln_1_beta = add(shape=(w,), initializer="zeros", name="ln_1_beta")
-        self.qkv_kernel = add(shape=(w, 3 * w), initializer="glorot_uniform", name="qkv_kernel")
+        self.qkv_kernel = kernel((w, 3 * w), "qkv_kernel")
         self.qkv_bias = add(shape=(3 * w,), initializer="zeros", name="qkv_bias")
-        self.out_kernel = add(shape=(w, w), initializer="glorot_uniform", name="out_kernel")
+        self.out_kernel = kernel((w, w), "out_kernel")
         self.out_bias = add(shape=(w,), initializer="zeros", name="out_bias")
         self.ln_2_gamma = add(shape=(w,), initializer="ones", name="ln_2_gamma")
         self.ln_2_beta = add(shape=(w,), initializer="zeros", name="ln_2_beta")
-        self.fc1_kernel = add(shape=(w, m), initializer="glorot_uniform", name="fc1_kernel")
+        self.fc1_kernel = kernel((w, m), "fc1_kernel")
         self.fc1_bias = add(shape=(m,), initializer="zeros", name="fc1_bias")
-        self.fc2_kernel = add(shape=(m, w), initializer="glorot_uniform", name="fc2_kernel")
+        self.fc2_kernel = kernel((m, w), "fc2_kernel")
         self.fc2_bias = add(shape=(w,), initializer="zeros", name="fc2_bias")
+
+    def _matmul(self, a: Any, b: Any) -> Any:
+        """a @ b, in `matmul_dtype`, read back as float32."""
+        if self.matmul_dtype == "float32":
+            return ops.matmul(a, b)
+        low = self.matmul_dtype
+        return ops.cast(ops.matmul(ops.cast(a, low), ops.cast(b, low)), "float32")
 
     def call(self, x: Any) -> Any:
         w, heads = self.width, self.heads
         depth = w // heads
         shape = ops.shape(x)
         batch, tokens = shape[0], shape[1]
+        matmul = self._matmul
         h = _layer_norm(x, self.ln_1_gamma, self.ln_1_beta, self.epsilon)
-        qkv = ops.matmul(ops.reshape(h, (-1, w)), self.qkv_kernel) + self.qkv_bias
+        qkv = matmul(ops.reshape(h, (-1, w)), self.qkv_kernel) + self.qkv_bias
         qkv = ops.transpose(ops.reshape(qkv, (batch, tokens, 3, heads, depth)), (2, 0, 3, 1, 4))
         scale = depth**-0.25
         q, k, v = qkv[0] * scale, qkv[1] * scale, qkv[2]  # (N, heads, T, depth)
-        attention = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))), axis=-1)
-        mixed = ops.reshape(ops.transpose(ops.matmul(attention, v), (0, 2, 1, 3)), (-1, w))
-        x = x + ops.reshape(ops.matmul(mixed, self.out_kernel) + self.out_bias, (batch, tokens, w))
+        attention = ops.softmax(matmul(q, ops.transpose(k, (0, 1, 3, 2))), axis=-1)
+        mixed = ops.reshape(ops.transpose(matmul(attention, v), (0, 2, 1, 3)), (-1, w))
+        x = x + ops.reshape(matmul(mixed, self.out_kernel) + self.out_bias, (batch, tokens, w))
         h = _layer_norm(x, self.ln_2_gamma, self.ln_2_beta, self.epsilon)
-        h = ops.matmul(ops.reshape(h, (-1, w)), self.fc1_kernel) + self.fc1_bias
+        h = matmul(ops.reshape(h, (-1, w)), self.fc1_kernel) + self.fc1_bias
         h = h * ops.sigmoid(1.702 * h)
-        h = ops.matmul(h, self.fc2_kernel) + self.fc2_bias
+        h = matmul(h, self.fc2_kernel) + self.fc2_bias
         return x + ops.reshape(h, (batch, tokens, w))
 
     def compute_output_shape(self, input_shape: Any) -> Any:
@@ -197,6 +221,7 @@ class ClipBlock(keras.layers.Layer):
             "heads": self.heads,
             "mlp": self.mlp,
             "epsilon": self.epsilon,
+            "matmul_dtype": self.matmul_dtype,
         }
 
 
@@ -462,3 +487,23 @@ def _reaches_head(model: Any, layer: str) -> bool:
     index = int(layer.rsplit("_", 1)[1])
     # The embedding path reads the last block; the "blocks" path names each block it reads.
     return (index == LAYERS - 1 and "embedding_l2" in names) or f"cls_{index}" in names
+
+
+def with_bf16_matmuls(model: Any) -> Any | None:
+    """A copy of `model` whose CLIP blocks run their matrix products in bf16 (`ClipBlock`'s
+    `matmul_dtype`, their kernels stored in bf16), every other layer shared with `model`; None
+    when the model has no CLIP block. What the bf16 precision serves for a CLIP model
+    (`modeling.optimized.BF16Network`)."""
+    if not any(isinstance(layer, ClipBlock) for layer in model.layers):
+        return None
+
+    def clone(layer: Any) -> Any:
+        if not isinstance(layer, ClipBlock):
+            return layer  # shared: its weights stay the model's
+        block = ClipBlock.from_config({**layer.get_config(), "matmul_dtype": "bfloat16"})
+        block.build(layer.input.shape)
+        for variable, value in zip(block.weights, layer.get_weights(), strict=True):
+            variable.assign(ops.cast(value, variable.dtype))
+        return block
+
+    return keras.models.clone_model(model, clone_function=clone)

@@ -150,3 +150,35 @@ def test_batch_equals_single_calls(encoder: Any, batch: np.ndarray) -> None:
     together = np.asarray(encoder.predict_on_batch(batch))
     alone = np.concatenate([np.asarray(encoder.predict_on_batch(x[None])) for x in batch])
     np.testing.assert_allclose(together, alone, atol=1e-4)
+
+
+def test_bf16_matmuls_copy_runs_the_products_in_bf16_and_shares_the_rest() -> None:
+    """The bf16 precision of a CLIP model (modeling.optimized.BF16Network): a copy whose blocks
+    hold their kernels in bf16 and compute their products in it (residual stream, norms and
+    softmax in float32), every other layer shared; on every CPU (oneDNN emulates bf16 where the
+    CPU lacks it: slower, the same numbers). A small network of the same blocks keeps it quick."""
+    import keras
+
+    from modeling.clip import ClassToken, ClipBlock, with_bf16_matmuls
+
+    inputs = keras.Input((9, 64))
+    x = ClipBlock(width=64, heads=4, mlp=128, name="block_0")(inputs)
+    x = ClipBlock(width=64, heads=4, mlp=128, name="block_1")(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, name="head")(ClassToken(name="cls")(x)))
+    assert with_bf16_matmuls(keras.Model(inputs, keras.layers.Dense(1)(inputs))) is None  # no block
+
+    copy = with_bf16_matmuls(model)
+    assert copy is not None and copy is not model
+    for layer, twin in zip(model.layers, copy.layers, strict=True):
+        if isinstance(layer, ClipBlock):
+            assert twin is not layer and twin.matmul_dtype == "bfloat16"
+            kernels = {v.name: str(v.dtype) for v in twin.weights if v.name.endswith("_kernel")}
+            assert set(kernels.values()) == {"bfloat16"} and len(kernels) == 4, kernels
+            assert {str(v.dtype) for v in twin.weights if not v.name.endswith("_kernel")} == {"float32"}
+        elif not isinstance(layer, keras.layers.InputLayer):  # (clone_model makes a new input)
+            assert twin is layer  # shared: the head and everything else stay the model's
+    x = np.random.default_rng(3).normal(size=(4, 9, 64)).astype(np.float32)
+    exact, low = np.asarray(model(x)), np.asarray(copy(x))
+    assert low.dtype == np.float32 and not np.array_equal(low, exact)  # bf16 did run
+    np.testing.assert_allclose(low, exact, rtol=0.05, atol=0.05)
+    assert model.get_layer("block_0").matmul_dtype == "float32"  # the original is untouched
