@@ -36,7 +36,7 @@ from serving.observability import configure_logging, metrics
 from serving.pipeline import DetectionPipeline, FaceSettings
 from serving.provenance import ProvenanceReader
 from serving.reports import health_report, health_response, job_report, model_info_report
-from serving.routes import ROUTES, answer, answer_json, app_route, finish_app, make_app
+from serving.routes import JOB_RESPONSES, ROUTES, answer, answer_json, app_route, finish_app, make_app
 from serving.schemas import (
     AugmentedResponse,
     DetectResponse,
@@ -371,12 +371,12 @@ class DeepfakeDetector:
         """For long videos: answers at once with the job's id (202)."""
         return await answer_json(self._submit_job(request), "POST /api/v1/detect/video/jobs", status=202)
 
-    @app_route(http, "job_status", response_model=JobResponse, responses={404: {"model": ErrorResponse}})
+    @app_route(http, "job_status", response_model=JobResponse, responses=JOB_RESPONSES)
     async def get_video_job(self, job_id: str) -> Response:
         """The job's state and progress; its result once done (kept `DEEPFAKE_JOB_TTL_S`)."""
         return await answer_json(self._job(job_id), "GET /api/v1/detect/video/jobs")
 
-    @app_route(http, "job_cancel", response_model=JobResponse, responses={404: {"model": ErrorResponse}})
+    @app_route(http, "job_cancel", response_model=JobResponse, responses=JOB_RESPONSES)
     async def cancel_video_job(self, job_id: str) -> Response:
         """Stop the job (its decoder process is killed); a finished job is left as it is."""
         return await answer_json(self._job(job_id, cancel=True), "DELETE /api/v1/detect/video/jobs")

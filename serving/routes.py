@@ -76,13 +76,21 @@ ERROR_STATUSES: dict[int, str] = {
     413: "Upload over the byte limit, or image over the pixel limit",
     415: "Not an image in a supported format",
     422: "No face found in a photo (NO_FACE: by default on /api/v1/detect*; see require_face)",
-    429: "Rate limited (only when DEEPFAKE_RATE_LIMITS is set); see Retry-After",
+    429: "Rate limited (RATE_LIMITED, only when DEEPFAKE_RATE_LIMITS is set), or too many video jobs of "
+    "this client (JOB_QUOTA_EXCEEDED); see Retry-After",
     500: "A fault of the server's own",
-    503: "At capacity (SERVICE_OVERLOADED) or the model cannot serve (MODEL_UNAVAILABLE); see Retry-After",
+    503: "At capacity (SERVICE_OVERLOADED), the model cannot serve (MODEL_UNAVAILABLE), or the video "
+    "jobs' store cannot be reached (JOB_STORE_UNAVAILABLE); see Retry-After",
     504: "Not answered within the request timeout",
+    507: "No room left to spool a video upload (INSUFFICIENT_STORAGE)",
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text} for status, text in ERROR_STATUSES.items()
+}
+# A video job's status and cancel: no upload, so only the key, the id and the store can fail.
+JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "No such video job, or its result has expired (NOT_FOUND)"},
+    **{status: ERROR_RESPONSES[status] for status in (401, 500, 503, 504)},
 }
 
 
