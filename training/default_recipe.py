@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from modeling.default import CLIP_DIR, CLIP_MODEL_VERSION, DEFAULT, FACENET_DIR, FACENET_MODEL_VERSION
-from training.augment import AugmentConfig
 from training.dataset import Crop, read_manifest
 from training.evaluate import LoadedModel, predict_p_fake
 from training.metrics import roc_auc
-from training.prepare import PrepareConfig, prepare
+from training.prepare import prepare
+from training.recipes import V2_AUGMENT, V2_PREPARE, V2_TRAIN
 from training.report import clean_json
 from training.run import train_run
 from training.sources import DEFAULT_CACHE, fetch_default_data
@@ -52,23 +52,6 @@ FIXTURE_SOURCES = {
 # The files of a FaceNet run that go into models/facenet (eval_report.json holds per-crop scores: not needed).
 PUBLISHED = ("weights.npz", "eval_report.txt", "roc.png")
 
-# The source list is frozen here, before any tuning (training.sources.DATASETS["v2"]); the
-# leave-a-source-out folds report on it and tune nothing.
-V2_PREPARE = PrepareConfig(
-    faces="all",
-    sbi_per_real=1,
-    xray_per_real=1,
-    swap_per_real=2,
-    morph_per_real=1,
-    partial_per_real=1,
-    keep_grey=True,
-    val=0.0,
-    test=0.0,
-    folds=5,
-)
-V2_TRAIN = TrainConfig(weighting="mirror", loso_min_crops=3, inner_folds=3)
-# The same augmentation for both classes, with sensor noise added.
-V2_AUGMENT = AugmentConfig(noise=0.25)
 # The detector the crops are cut with is the one that serves (the model's metadata names it).
 DEFAULT_DETECTOR = "blazeface"
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from training.augment import AugmentConfig
-from training.default_recipe import V2_PREPARE, V2_TRAIN
 from training.prepare import PrepareConfig
+from training.recipes import V2_PREPARE, V2_TRAIN
 from training.train import TrainConfig
 
 PROTOCOL_VERSION = "v3"
