@@ -6,6 +6,7 @@ service's rule is "fake when P(fake) >= threshold".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -68,18 +69,8 @@ def group_bootstrap_auc(
 ) -> list[float]:
     """A 95 % percentile interval of the AUC, resampling whole groups (identities, photos) with
     replacement: faces of one person are not independent evidence."""
-    y, s, g = np.asarray(y_fake, bool), np.asarray(p_fake), np.asarray(groups)
-    names, inverse = np.unique(g, return_inverse=True)
-    members = [np.flatnonzero(inverse == k) for k in range(len(names))]
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(rounds):
-        idx = np.concatenate([members[k] for k in rng.integers(0, len(names), len(names))])
-        if y[idx].any() and not y[idx].all():
-            values.append(roc_auc(y[idx], s[idx]))
-    if not values:
-        return [float("nan"), float("nan")]
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+    y, s = np.asarray(y_fake, bool), np.asarray(p_fake)
+    return _group_bootstrap(lambda idx: roc_auc(y[idx], s[idx]), y, groups, rounds, seed)
 
 
 def group_bootstrap_weighted_auc(
@@ -93,15 +84,23 @@ def group_bootstrap_weighted_auc(
 ) -> list[float]:
     """`group_bootstrap_auc` for a weighted AUC (`weighted_roc_auc`): whole groups resampled,
     each drawn face keeping its weight."""
-    y, s, w, g = np.asarray(y_fake, bool), np.asarray(p_fake), np.asarray(weights), np.asarray(groups)
-    names, inverse = np.unique(g, return_inverse=True)
+    y, s, w = np.asarray(y_fake, bool), np.asarray(p_fake), np.asarray(weights)
+    return _group_bootstrap(lambda idx: weighted_roc_auc(y[idx], s[idx], w[idx]), y, groups, rounds, seed)
+
+
+def _group_bootstrap(
+    statistic: Callable[[np.ndarray], float], y: np.ndarray, groups: np.ndarray, rounds: int, seed: int
+) -> list[float]:
+    """The 95 % percentile interval of `statistic(rows)` over `rounds` resamples of whole groups
+    (rounds whose rows hold one class only are skipped)."""
+    names, inverse = np.unique(np.asarray(groups), return_inverse=True)
     members = [np.flatnonzero(inverse == k) for k in range(len(names))]
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(rounds):
         idx = np.concatenate([members[k] for k in rng.integers(0, len(names), len(names))])
         if y[idx].any() and not y[idx].all():
-            values.append(weighted_roc_auc(y[idx], s[idx], w[idx]))
+            values.append(statistic(idx))
     if not values:
         return [float("nan"), float("nan")]
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
