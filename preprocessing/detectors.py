@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from preprocessing.faces import FaceDetector
 
 DETECTORS: tuple[str, ...] = ("blazeface", "mtcnn")
@@ -30,3 +33,13 @@ def load_detector(
 
         return MtcnnDetector(**score, **({} if max_side is None else {"max_side": max_side}))
     raise ValueError(f"unknown face detector {name!r}; known: {', '.join(DETECTORS)}")
+
+
+def warm_up(detector: FaceDetector) -> None:
+    """One detection on noise in both orientations: MTCNN's tf.functions trace on first use
+    (~2 s), which would otherwise land on the first request."""
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in ((640, 360), (360, 640))
+    ]
+    detector.detect_many(images)

@@ -154,6 +154,11 @@ class VideoStats(BaseModel):
     frames_decoded: int
     frames_failed: int
     strategy: str = Field(description="How the sampled frames were reached: seek or one pass")
+    full_face_detections: int = Field(
+        0,
+        description="Sampled frames the full face detector ran on; on the others each face was "
+        "looked for near its last box, plus a glance at the whole frame for a face entering",
+    )
 
 
 class VideoTimings(BaseModel):

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from modeling.explain import crop_square, heatmap_png, unpack_maps
+from modeling.explain import heatmap_png, unpack_maps
 from modeling.spec import DECISION_POINT, ModelSpec
 from preprocessing.errors import InputError
-from preprocessing.faces import Face
 from preprocessing.video import VideoLimits
 from serving.errors import Overloaded, ServiceError
 from serving.forms import sampling
@@ -219,8 +218,8 @@ class VideoPipeline:
                         abs(a - b) for a, b in zip(frame.boxes[j], best[track.track_id].box, strict=True)
                     ),
                 )
-                face = Face(tuple(round(v) for v in frame.boxes[index]), 1.0, {})
-                square = list(crop_square(face, margin=self.spec.face_margin).box)
+                # the image path's square, alignment included (README, "Heatmaps")
+                square = request.crop.square(frame.face(index))
             chosen.append((track, frame.crops[index], square))
         if not chosen:
             return
@@ -261,6 +260,7 @@ class VideoPipeline:
             frames_decoded=stats.decoded,
             frames_failed=stats.failed,
             strategy=stats.strategy,
+            full_face_detections=stats.full_detections,
         )
         timings = VideoTimings(
             decode_s=stats.probe_s + stats.decode_s,

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from preprocessing.faces import CropRule
 from serving.video_worker import VideoRequest, VideoWorkerPool
 from tests.helpers import FIXTURES
 from tests.inprocess import service_app
@@ -356,7 +357,7 @@ def test_the_analysis_keeps_boxes_not_crops(loop: BackgroundLoop) -> None:
         async with VideoWorkerPool(1, detector=None) as pool:
             return await pool.analyze(
                 clip("moving.mp4"),
-                VideoRequest(frames=6, input_size=(32, 32)),
+                VideoRequest(frames=6, crop=CropRule((32, 32))),
                 timeout_s=60,
                 keep_crops=False,
             )
