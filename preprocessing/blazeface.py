@@ -512,6 +512,14 @@ BLAZEFACE_CENTRE_TOLERANCE = 0.15
 # garment, a dress pattern: 0.50-0.63) are gone at 0.6; 0.5 let 3 false positives through for
 # 2 more small faces, 0.7 lost 2 of the 62 faces of the photos.
 BLAZEFACE_MIN_SCORE = 0.6
+# Tiles only when needed: the whole photo is searched and its candidates verified first; the
+# finer level's tiles are searched too unless that found a face and every face it found (and
+# every candidate) is at least this share of the photo's long side: faces that large are >= 21
+# px in the whole-photo input, where the full-range model finds them (BLAZEFACE_LEVELS). A
+# portrait or a selfie then costs ~2-3 model inputs instead of ~15; a group photo, a photo with
+# a small face, or one where the whole-photo search finds nothing costs what it did, plus those
+# 2-3. bench/face_detection.py --tiles compares the two on the bench photos.
+BLAZEFACE_LARGE_FACE = 0.11
 # Model inputs per interpreter call. One: batches of 4 or all tiles in one call were no faster
 # on this CPU (XNNPACK, one thread), a batch of 13 holds ~50 MB more, and every change of the
 # batch size re-allocates the interpreter (bench: "tiles all-in-1", "tiles by 4").
@@ -540,6 +548,7 @@ class BlazeFaceDetector:
         zoom: float | None = BLAZEFACE_ZOOM,
         min_score: float = BLAZEFACE_MIN_SCORE,
         tile_batch: int = BLAZEFACE_TILE_BATCH,
+        tiles_when_needed: bool = True,
         mapping: BoxMapping = BLAZEFACE_BOX_MAPPING,
         per_thread: bool = True,
         cache_dir: Path = DEFAULT_CACHE_DIR,
@@ -549,6 +558,7 @@ class BlazeFaceDetector:
         self.model, self.levels, self.overlap = model, tuple(levels), overlap
         self.candidate_score, self.zoom, self.min_score = candidate_score, zoom, min_score
         self.tile_batch, self.mapping = tile_batch, mapping
+        self.tiles_when_needed = tiles_when_needed and zoom is not None and len(self.levels) > 1
         self._net = LiteRTModel(model, fetch_model(model, cache_dir), per_thread=per_thread)
 
     def detect(
@@ -570,12 +580,46 @@ class BlazeFaceDetector:
             raise ValueError("max_faces must be >= 0")
         min_score = self.min_score if min_score is None else min_score
         usable = [i for i, image in enumerate(images) if min(image.size) >= 1 and max_faces > 0]
-        found = self._search(
-            [images[i] for i in usable], min_score if self.zoom is None else self.candidate_score
-        )
+        pending = [images[i] for i in usable]
+        cap = BLAZEFACE_MAX_CANDIDATES * max_faces
+        score = min_score if self.zoom is None else self.candidate_score
+        size = self.model.input_size
+        plans = [search_windows(image, self.levels, size, self.overlap) for image in pending]
+        # The whole photo (the first window) first: if all it finds is large faces, they are
+        # verified and the tiles are left out; otherwise the tiles' candidates join its own.
+        wholes = self._run([tiles[:1] for _, tiles in plans])
+        parts = [
+            [
+                window_detections(
+                    b[0], s[0], windows[0], self.model, self._net.anchors, score, BLAZEFACE_EDGE_MARGIN
+                )
+            ]
+            for (windows, _), (b, s) in zip(plans, wholes, strict=True)
+        ]
+        found: list[Detections | None] = [None] * len(pending)
+        if self.tiles_when_needed:
+            quick = [
+                k for k, image in enumerate(pending) if self._large_faces_only(image, parts[k][0], min_score)
+            ]
+            checked = self._verify(
+                [pending[k] for k in quick], [weighted_nms(parts[k][0])[:cap] for k in quick], min_score
+            )
+            for k, faces in zip(quick, checked, strict=True):
+                found[k] = faces if len(faces.scores) else None  # nothing verified: the tiles look
+        todo = [k for k, f in enumerate(found) if f is None]
+        tiled = self._run([plans[k][1][1:] for k in todo])
+        candidates = []
+        for k, (boxes, scores) in zip(todo, tiled, strict=True):
+            windows = plans[k][0][1:]
+            parts[k] += [
+                window_detections(b, s, w, self.model, self._net.anchors, score, BLAZEFACE_EDGE_MARGIN)
+                for w, b, s in zip(windows, boxes, scores, strict=True)
+            ]
+            candidates.append(weighted_nms(concatenate(parts[k])))
         if self.zoom is not None:
-            cap = BLAZEFACE_MAX_CANDIDATES * max_faces
-            found = self._verify([images[i] for i in usable], [f[:cap] for f in found], min_score)
+            candidates = self._verify([pending[k] for k in todo], [c[:cap] for c in candidates], min_score)
+        for k, detections in zip(todo, candidates, strict=True):
+            found[k] = detections
         results: list[list[Face]] = [[] for _ in images]
         for index, detections in zip(usable, found, strict=True):
             results[index] = self._faces(detections, max_faces)
@@ -619,19 +663,16 @@ class BlazeFaceDetector:
         found = weighted_nms(concatenate(parts))
         return [tuple(round(v) for v in self.mapping.apply(box)) for box in found.boxes]  # type: ignore[misc]
 
-    def _search(self, images: Sequence[Image.Image], min_score: float) -> list[Detections]:
-        """Each image's candidates, best first."""
-        size = self.model.input_size
-        plans = [search_windows(image, self.levels, size, self.overlap) for image in images]
-        raw = self._run([tiles for _, tiles in plans])
-        out = []
-        for (windows, _), (boxes, scores) in zip(plans, raw, strict=True):
-            parts = [
-                window_detections(b, s, w, self.model, self._net.anchors, min_score, BLAZEFACE_EDGE_MARGIN)
-                for w, b, s in zip(windows, boxes, scores, strict=True)
-            ]
-            out.append(weighted_nms(concatenate(parts)))
-        return out
+    def _large_faces_only(self, image: Image.Image, whole: Detections, min_score: float) -> bool:
+        """Whether the whole-photo input found a likely face (a candidate at the verification
+        threshold) and every candidate is at least BLAZEFACE_LARGE_FACE of the long side."""
+        boxes = whole.boxes
+        sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        return bool(
+            len(sides)
+            and whole.scores.max() >= min_score
+            and np.all(sides >= BLAZEFACE_LARGE_FACE * max(image.size))
+        )
 
     def _verify(
         self, images: Sequence[Image.Image], candidates: Sequence[Detections], min_score: float
