@@ -30,6 +30,7 @@ import numpy as np
 from modeling.explain import heatmap_png, unpack_maps
 from modeling.spec import DECISION_POINT, ModelSpec
 from preprocessing.errors import InputError
+from preprocessing.face_tracking import FULL_EVERY
 from preprocessing.video import VideoLimits
 from serving.errors import Overloaded, ServiceError
 from serving.forms import sampling
@@ -73,6 +74,7 @@ class VideoPipeline:
         timeout_s: float,
         max_faces: int,
         default_frames: int,
+        full_every: int = FULL_EVERY,
         explain: Explain | None = None,
         provenance: ProvenanceReader | None = None,
     ) -> None:
@@ -86,6 +88,7 @@ class VideoPipeline:
         self.timeout_s = timeout_s
         self.max_faces = max_faces
         self.default_frames = default_frames
+        self.full_every = full_every
         self._waiting = 0
         self._started: asyncio.Task[None] | None = None
 
@@ -120,6 +123,7 @@ class VideoPipeline:
             fps=fps,
             max_faces=self.max_faces,
             limits=self.limits,
+            full_every=self.full_every,
         )
         timeout_s = timeout_s or self.timeout_s
         self._waiting += 1

@@ -4,7 +4,9 @@ far fewer full detections."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -17,6 +19,8 @@ from serving.tracks import iou
 from tests.videos import clip
 
 SAMPLES = 24
+FIXTURES = Path(__file__).parent / "fixtures"
+EXPECTED = json.loads((FIXTURES / "faces.json").read_text())  # each fixture's faces, by detector
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +77,33 @@ def test_the_face_cap_holds_on_tracked_frames(detector: FaceDetector) -> None:
     tracker = FaceTracker(detector, max_faces=1)
     counts = [len(tracker.detect(image)) for image in samples("two_faces.mp4")]
     assert counts == [1] * SAMPLES and tracker.stats.tracked > 0
+
+
+class Counting:
+    """The detector's network, counting model inputs (the cost of a face step)."""
+
+    def __init__(self, net: object) -> None:
+        self.net, self.inputs, self.anchors = net, 0, net.anchors  # type: ignore[attr-defined]
+
+    def __call__(self, tiles: object) -> object:
+        self.inputs += len(tiles)  # type: ignore[arg-type]
+        return self.net(tiles)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("name", ["astronaut.jpg", "faceapi_sample6.jpg", "openpeople_p003_emotions.jpg"])
+def test_tiles_when_needed_find_the_faces_tiles_always_find(name: str) -> None:
+    from PIL import ImageOps
+
+    with Image.open(FIXTURES / name) as image:
+        photo = ImageOps.exif_transpose(image).convert("RGB")
+    detectors = {tiles: load_detector("blazeface", tiles=tiles) for tiles in ("always", "when_needed")}
+    counters = {}
+    for tiles, d in detectors.items():
+        counters[tiles] = d._net = Counting(d._net)  # type: ignore[attr-defined]
+    always, needed = (detectors[t].detect(photo, max_faces=100) for t in ("always", "when_needed"))
+    assert same_faces(always, needed) and len(needed) == len(EXPECTED[name]["blazeface"])
+    assert counters["when_needed"].inputs <= counters["always"].inputs
+    if len(needed) == 1:  # a portrait: the whole photo's own input and one check
+        assert counters["when_needed"].inputs < counters["always"].inputs / 4
+    with pytest.raises(ValueError, match="tiles"):
+        load_detector("blazeface", tiles="sometimes")

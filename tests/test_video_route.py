@@ -120,3 +120,13 @@ def test_explain_gives_each_track_a_heatmap(app: TestClient) -> None:
     assert response.status_code == 200, body
     for track in body["tracks"]:
         assert track["heatmap"]["png"] and track["heatmap_time"] in [f["time"] for f in track["frames"]]
+
+
+def test_full_face_detection_on_every_frame_is_a_setting(served_tag: str) -> None:
+    from tests.inprocess import service_app
+
+    every = {"DEEPFAKE_VIDEO_FULL_EVERY": "1", "DEEPFAKE_FACE_TILES": "always"}
+    with service_app({"DEEPFAKE_MODEL_TAG": served_tag, **every}) as app:
+        body = post(app, "two_faces.mp4", frames="6").json()
+    assert body["video"]["full_face_detections"] == body["video"]["frames_sampled"] == 6
+    assert body["track_count"] == 2
