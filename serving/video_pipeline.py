@@ -45,6 +45,7 @@ from serving.video_worker import (
     VideoAnalysis,
     VideoRequest,
     VideoWorkerDied,
+    VideoWorkerError,
     VideoWorkerPool,
     concat_crops,
 )
@@ -141,8 +142,12 @@ class VideoPipeline:
             response = self._response(analysis, raw, started, model_s, declared)
             if explain and response.tracks:
                 await self._explain_tracks(pool, path, request, timeout_s, analysis, response)
-        except VideoWorkerDied:
-            raise VideoDecodeFailed() from None
+        except VideoWorkerError as exc:
+            if self.pool.closed:  # the server stopping killed the decoder: not the file's fault
+                raise Overloaded("This server is stopping; send the video again") from None
+            if isinstance(exc, VideoWorkerDied):
+                raise VideoDecodeFailed() from None
+            raise
         finally:
             self._waiting -= 1
         record_verdict("detect_video", response.verdict, len(response.tracks))

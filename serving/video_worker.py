@@ -483,7 +483,7 @@ class VideoWorkerPool:
         self.max_requests = max_requests
         self.test_hooks = test_hooks
         self.env = env or {}
-        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._idle: asyncio.Queue[_Worker | None] = asyncio.Queue()  # None: closed
         self._workers: set[_Worker] = set()
         self._spawning: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -507,9 +507,15 @@ class VideoWorkerPool:
         for worker in workers:
             self._idle.put_nowait(worker)
 
+    @property
+    def closed(self) -> bool:
+        """Closed (the server stopping): what it was doing was killed, not failed."""
+        return self._closed
+
     async def close(self) -> None:
         """Kill every worker (busy ones too) and wait for them to exit."""
         self._closed = True
+        self._idle.put_nowait(None)  # requests waiting for a worker: the pool is closed
         for task in list(self._spawning):
             task.cancel()
         await asyncio.gather(*self._spawning, return_exceptions=True)
@@ -571,6 +577,9 @@ class VideoWorkerPool:
     async def _take(self) -> _Worker:
         while True:
             worker = await self._idle.get()
+            if worker is None:  # closed while waiting: wake the next waiter too
+                self._idle.put_nowait(None)
+                raise VideoWorkerError("the video worker pool is closed")
             if worker.alive:
                 return worker
             self._replace(worker)  # died while idle
