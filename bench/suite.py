@@ -12,6 +12,7 @@ default model (`make model`: CLIP) or its fp32 copy:
 - after-fp32: the defaults with the fp32 copy (what a CPU without a faster passing precision
               serves);
 - no-faces-fp32: face detection off, fp32 (the serving overhead against the in-process limit);
+- facenet:    the defaults serving the FaceNet model CLIP replaced (before/after the switch);
 - legacy:     the old backend's stack rebuilt (bench/legacy_stack.py: gunicorn 1x4, eager
               TensorFlow, model.predict per request, no faces), serving the same fp32 file.
 For each: ready time and idle memory, detect at concurrency 1, 8, 32 (three runs, the median
@@ -47,6 +48,10 @@ from bench.http_load import load_images, run, server_rss_mb  # noqa: E402
 from bench.inprocess import SINGLE_ROUNDS, default_images, measure  # noqa: E402
 
 FP32_NAME = "deepfake_classifier_fp32"  # the default classifier imported again, fp32
+FACENET_NAME = "deepfake_classifier_facenet"  # the default before CLIP (model_import.py --default facenet)
+# --quick (checks the script, not the speed) sets these to 1: each image this often at
+# concurrency 1, requests per client at higher concurrency, runs of the ratios' measures.
+ROUNDS_C1, PER_CLIENT, REPEATS = SINGLE_ROUNDS, 4, 3
 
 
 def free_port() -> int:
@@ -114,10 +119,12 @@ def detect_runs(url: str, requests: int, images: list[tuple[str, bytes]], repeat
     asyncio.run(run(url, "detect", 4, 40, 0, images))  # warm-up: first-call costs out of the way
     for concurrency in (1, 8, 32, 64):
         # Concurrency 1 sends every image as often as the in-process single-image median saw it.
-        count = SINGLE_ROUNDS * len(images) if concurrency == 1 else max(requests, 8 * concurrency)
+        count = ROUNDS_C1 * len(images) if concurrency == 1 else max(requests, PER_CLIENT * concurrency)
         runs[f"detect_c{concurrency}"] = load(url, "detect", concurrency, count, images)
-        if concurrency == 32 and repeats > 1:  # the ratios' run: the median of three
-            more = [runs["detect_c32"]] + [load(url, "detect", 32, count, images) for _ in range(repeats - 1)]
+        if concurrency == 32 and min(repeats, REPEATS) > 1:  # the ratios' run: the median of three
+            more = [runs["detect_c32"]] + [
+                load(url, "detect", 32, count, images) for _ in range(min(repeats, REPEATS) - 1)
+            ]
             runs["detect_c32_repeats"] = [r["rps"] for r in more]
             runs["detect_c32"] = sorted(more, key=lambda r: r["rps"])[len(more) // 2]
     return runs
@@ -126,17 +133,17 @@ def detect_runs(url: str, requests: int, images: list[tuple[str, bytes]], repeat
 def four_faces(url: str) -> dict:
     """One client, one 4-face photo (the face-api demo's sample 4)."""
     photo = [("faceapi_sample4.jpg", (ROOT / "tests" / "fixtures" / "faceapi_sample4.jpg").read_bytes())]
-    return load(url, "detect", 1, 3 * SINGLE_ROUNDS, photo)
+    return load(url, "detect", 1, 3 * ROUNDS_C1, photo)
 
 
-def clip_at_one_client(url: str, rounds: int = 3) -> dict:
+def clip_at_one_client(url: str) -> dict:
     """The 10-s 720p two-face clip, one client, `rounds` times: wall (median) and the answer's
-    own split (decode, faces, model), tracks and full face detections."""
+    own split (decode, faces, model), tracks and full face detections; REPEATS times."""
     from bench.video import make_clip
 
     data = make_clip(2.0).read_bytes()
     runs = []
-    for _ in range(rounds):
+    for _ in range(REPEATS):
         started = time.perf_counter()
         response = httpx.post(
             f"{url}/api/v1/detect/video", files={"file": ("clip.mp4", data, "video/mp4")}, timeout=120
@@ -200,7 +207,11 @@ def bench_server(name: str, env: dict[str, str], requests: int, images: list[tup
             report["recovery_p50_ms"] = recovery(server.url, images)
             print(f"  detect c=1 after c=64, p50 per 2 s window: {report['recovery_p50_ms']}", flush=True)
             for concurrency in (1, 32):
-                count = SINGLE_ROUNDS * len(images) // 2 if concurrency == 1 else max(requests // 2, 64)
+                count = (
+                    max(ROUNDS_C1 * len(images) // 2, 4)
+                    if concurrency == 1
+                    else max(requests // 2, 2 * 32 * PER_CLIENT // 4)
+                )
                 report["http"][f"augmented_c{concurrency}"] = load(
                     server.url, "augmented", concurrency, count, images
                 )
@@ -233,14 +244,16 @@ def model_path() -> str:
     return run_.stdout.strip() or run_.stderr[-2000:]
 
 
-def ensure_models() -> tuple[str, str]:
-    """The default classifier as `make model` imported it, and again in fp32 for `before`."""
+def ensure_models() -> tuple[str, str, str]:
+    """The default classifier as `make model` imported it, again in fp32 for `before`, and the
+    FaceNet model it replaced (at the precision its import picks) for `facenet`."""
     from model_import import import_default, import_face_detector
 
     import_face_detector()
     default = import_default("deepfake_classifier", if_missing=True)
     fp32 = import_default(FP32_NAME, if_missing=True, precision="fp32")
-    return default, fp32
+    facenet = import_default(FACENET_NAME, if_missing=True, which="facenet")
+    return default, fp32, facenet
 
 
 def errors(http: dict, route: str, up_to: int = 1 << 30) -> int:
@@ -315,6 +328,12 @@ def table(reports: dict) -> list[str]:
         f"| faces off, fp32: c=32 / in-process limit | | {off['http']['detect_c32']['rps']} / {limit} | | "
         f"{off['http']['detect_c32']['rps'] / limit:.2f} (>= 0.85) |",
     ]
+    if "facenet" in reports:
+        rows.append(
+            f"| the FaceNet default it replaced, same defaults: c=32 req/s, faces/request | | "
+            f"{rps['facenet']} ({reports['facenet']['http']['detect_c32']['faces_per_request']}) | | "
+            "before the CLIP switch |"
+        )
     if "augmented_c1" in after:
         rows.append(
             f"| augmented / detect p50 at c=1 | | {after['augmented_c1']['p50_ms']} / "
@@ -330,11 +349,24 @@ def main() -> None:
     parser.add_argument(
         "--requests", type=int, default=200, help="requests per HTTP run (more at high concurrency)"
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few requests a run, no repeats: checks the script, not the speed",
+    )
     args = parser.parse_args()
+    if args.quick:
+        global ROUNDS_C1, PER_CLIENT, REPEATS
+        ROUNDS_C1, PER_CLIENT, REPEATS, args.requests = 1, 1, 1, 16
     images = load_images([])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    default, fp32 = ensure_models()
-    faces_on = {"faces": True, "batch_sizes": [1, 8, 32, 64], "count": 96}
+    default, fp32, facenet = ensure_models()
+    faces_on = {
+        "faces": True,
+        "batch_sizes": [1, 8, 32, 64],
+        "count": 16 if args.quick else 96,
+        "rounds": ROUNDS_C1,
+    }
     cpu, kind = cpu_kind()
     print(f"CPU: {cpu}; kind: {kind} (figures of the other kinds: not measured)", flush=True)
     old_face_step = {"DEEPFAKE_FACE_TILES": "always", "DEEPFAKE_VIDEO_FULL_EVERY": "1"}
@@ -363,6 +395,10 @@ def main() -> None:
         repeats=1,
     )
     reports["legacy"] = bench_legacy(fp32, args.requests, images)
+    # The default before the CLIP switch, served with today's defaults (issue 20: before/after)
+    reports["facenet"] = bench_server(
+        "facenet", {"DEEPFAKE_MODEL_TAG": facenet}, args.requests, images, repeats=1
+    )
     reports["model_path"] = model_path()
     # The raw numbers first: a table that fails must not lose a 15-minute run.
     out = ROOT / "bench" / "results"
@@ -371,7 +407,7 @@ def main() -> None:
     path.write_text(json.dumps({"machine": machine, **reports}, indent=2))
     print(f"raw numbers: {path}")
     print(f"\nMachine: {machine}; CPU: {cpu}; kind: {kind}; other kinds: not measured")
-    print(f"models: {default} (after), {fp32} (before, after-fp32, no-faces, legacy)\n")
+    print(f"models: {default} (after), {fp32} (before, after-fp32, no-faces, legacy), {facenet} (facenet)\n")
     print("\n".join(table(reports)))
     print(f"\nThe model path alone (bench/precision.py):\n{reports['model_path']}")
 
