@@ -164,7 +164,10 @@ class VideoStats(BaseModel):
 class VideoTimings(BaseModel):
     decode_s: float = Field(description="Probing and decoding the sampled frames (in the worker)")
     faces_s: float = Field(description="Face detection and crops (in the worker)")
-    model_s: float = Field(description="Model calls, overlapping the decoding")
+    model_s: float = Field(
+        description="Wall time with this video's crops at the model (overlapping the decoding; "
+        "batches at the model at once count once)"
+    )
     total_s: float
 
 

@@ -165,14 +165,20 @@ class VideoPipeline:
         each batch of crops is scored as it arrives, a bounded number at a time."""
         scoring: deque[asyncio.Task[np.ndarray]] = deque()
         raw: list[float] = []
-        model_s = 0.0
+        model_s = 0.0  # wall time with at least one of this video's batches at the model
+        busy, busy_since = 0, 0.0
 
         async def score(crops: np.ndarray) -> np.ndarray:
-            nonlocal model_s
-            t0 = time.perf_counter()
-            out = await self.predict(crops)
-            model_s += time.perf_counter() - t0
-            return out
+            nonlocal model_s, busy, busy_since
+            if busy == 0:
+                busy_since = time.perf_counter()
+            busy += 1
+            try:
+                return await self.predict(crops)
+            finally:
+                busy -= 1
+                if busy == 0:  # overlapping batches count once
+                    model_s += time.perf_counter() - busy_since
 
         async def arrived(update: Progress) -> None:
             crops = concat_crops(update.frames)

@@ -39,6 +39,7 @@ def test_two_faces_are_two_tracks(app: TestClient) -> None:
     assert (body["fake_probability"] >= 0.5) == (body["prediction"] == "fake")
     assert body["fake_probability"] <= deciding["fake_probability"] + 1e-9  # the bar for two faces
     assert body["confidence"] >= 0.5 and set(body["timings"]) == {"decode_s", "faces_s", "model_s", "total_s"}
+    assert 0 < body["timings"]["model_s"] <= body["timings"]["total_s"]  # overlapping batches once
 
 
 def test_a_video_without_a_face_says_so(app: TestClient) -> None:
