@@ -198,6 +198,7 @@ class DeepfakeDetector:
             "model_dir": Path(self.detector_files.path),
             "min_score": SETTINGS.face_min_score,
             "max_side": SETTINGS.detect_max_side,
+            "tiles": SETTINGS.face_tiles,
         }
 
     def _init_video(self) -> None:
@@ -214,7 +215,8 @@ class DeepfakeDetector:
                     detector_options=self._detector_options(),
                 ),
                 SETTINGS.video_limits, timeout_s=timeout_s, max_faces=SETTINGS.max_faces,
-                default_frames=SETTINGS.video_frames, explain=self._explain, provenance=self.provenance,
+                default_frames=SETTINGS.video_frames, full_every=SETTINGS.video_full_every,
+                explain=self._explain, provenance=self.provenance,
             )  # fmt: skip
 
         # Decoder processes of their own for the synchronous route and for the jobs, so that

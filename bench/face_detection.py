@@ -4,6 +4,7 @@
     .venv/bin/python bench/face_detection.py --sweep      # BlazeFace settings: levels, overlap, score
     .venv/bin/python bench/face_detection.py --fit        # fit BlazeFace's box mapping to MTCNN's boxes
     .venv/bin/python bench/face_detection.py --threads    # only the throughput with 1 and 2 threads
+    BENTOML_HOME=.bentoml .venv/bin/python bench/face_detection.py --tiles   # tiles always / when needed
 
 Photos: the face fixtures (tests/fixtures, true faces in faces.json), the face-api demo photos
 sample1-6 at full size (npm `@vladmandic/face-api@1.7.15`, fetched with `npm pack` as
@@ -489,6 +490,91 @@ def sweep() -> None:
         measure(f"{levels} candidates {candidate}, zoom {zoom}, {min_score}", detector)
 
 
+def tiles(runs: int) -> None:
+    """Tiles always (the detector before) against tiles when needed (the default): recall and
+    extra detections on every photo, recall by face size, model inputs and time per photo (as
+    given and at 1 MP), how far the boxes of the faces both find move, and what that does to
+    the served model's P(fake) (`--model-tag`, from the BentoML store at BENTOML_HOME)."""
+    from preprocessing.blazeface import BlazeFaceDetector
+
+    both = {"tiles always": BlazeFaceDetector(tiles_when_needed=False), "when needed": BlazeFaceDetector()}
+    detect_all = {
+        label: (lambda image, d=d: d.detect(image, max_faces=ALL_FACES)) for label, d in both.items()
+    }
+    fixtures, faceapi = fixture_photos(), faceapi_photos()
+    mosaics = [mosaic(faceapi, grid) for grid in MOSAIC_GRIDS]
+    photos = fixtures + faceapi + mosaics
+    print("recall: true faces found per photo ('extra': detections matching no true face)")
+    recall_table(detect_all, photos)
+    print("\nrecall by face size: the six face-api photos shrunk onto a canvas, and the mosaics")
+    recall_by_size(detect_all, size_series(faceapi) + mosaics[1:])
+
+    counters = {label: CountingNet(d._net) for label, d in both.items()}  # type: ignore[attr-defined]
+    for label, d in both.items():
+        d._net = counters[label]  # type: ignore[attr-defined]
+    print(f"\nmodel inputs and ms per photo (median of {runs} rounds, one thread)")
+    rows: dict[str, list[str]] = {}
+    for name, image, _ in fixtures + faceapi:
+        for size_label, picture in (("as given", image), ("1 MP", resized_to(image, 1.0))):
+            row = rows.setdefault(f"{name} {size_label} ({picture.width}x{picture.height})", [])
+            for label, d in both.items():
+                d.detect(picture)
+                counters[label].inputs = 0
+                times = []
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    d.detect(picture)
+                    times.append(time.perf_counter() - t0)
+                row.append(
+                    f"{label}: {counters[label].inputs // runs:>2} inputs "
+                    f"{1e3 * statistics.median(times):6.1f} ms"
+                )
+    for key, row in rows.items():
+        print(f"  {key:>52}  " + "   ".join(row))
+    totals = {label: sum(float(r[i].split()[-2]) for r in rows.values()) for i, label in enumerate(both)}
+    print("  total ms: " + ", ".join(f"{label} {ms:.0f}" for label, ms in totals.items()))
+
+    pairs = []  # (image, face before, face now) for the faces both find
+    for _, image, _ in photos:
+        before, now = (d.detect(image, max_faces=ALL_FACES) for d in both.values())
+        pairs += [(image, before[b], now[n]) for n, b in match(now, [f.box for f in before]).items()]
+    moved = [iou(a.box, b.box) for _, a, b in pairs]
+    same = sum(m == 1.0 for m in moved)
+    print(f"\nboxes of {len(pairs)} faces both find: identical {same}, IoU min {min(moved):.3f}")
+    print("  served model:", served_agreement(pairs))
+
+
+def served_agreement(pairs: Sequence[tuple]) -> str:
+    """The stored default model's P(fake) on the crops of both boxes of each pair."""
+    import bentoml
+
+    from modeling.inference import Classifier
+    from modeling.spec import DEFAULT_MODEL_NAME, ModelSpec
+    from preprocessing.faces import CropRule
+
+    try:
+        stored = bentoml.models.get(f"{DEFAULT_MODEL_NAME}:latest")
+    except bentoml.exceptions.NotFound:
+        return "no stored model (make model): left out"
+    spec = ModelSpec.from_metadata(stored.info.metadata)
+    classifier, rule = Classifier.load(Path(stored.path), spec), CropRule.of(spec)
+    p = [
+        np.array(
+            [
+                spec.fake_probability(r)
+                for r in classifier(np.stack([rule.crop(pair[0], pair[k]) for pair in pairs]))
+            ]
+        )
+        for k in (1, 2)
+    ]
+    diff = np.abs(p[0] - p[1])
+    flips = int(((p[0] >= spec.threshold) != (p[1] >= spec.threshold)).sum())
+    return (
+        f"{stored.tag} ({spec.precision}): P(fake) |change| mean {diff.mean():.4f}, max {diff.max():.4f}; "
+        f"label flipped {flips}/{len(diff)}"
+    )
+
+
 def rescaled_pairs(
     detector: FaceDetector, fixtures: Sequence[Photo], faceapi: Sequence[Photo]
 ) -> list[tuple]:
@@ -547,12 +633,15 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="compare BlazeFace settings")
     parser.add_argument("--fit", action="store_true", help="fit BlazeFace's box mapping")
     parser.add_argument("--threads", action="store_true", help="only the throughput with 1 and 2 threads")
+    parser.add_argument("--tiles", action="store_true", help="tiles always vs tiles when needed")
     args = parser.parse_args()
     if args.threads:
         photos = [p for p in fixture_photos() if p[0] != "astronaut_exif_orientation6.jpg"]
         throughput(load_detector("mtcnn"), load_detector("blazeface"), photos)
     elif args.sweep:
         sweep()
+    elif args.tiles:
+        tiles(args.runs)
     elif args.fit:
         fit()
     else:

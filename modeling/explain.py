@@ -3,7 +3,7 @@
     p_fake, maps = explain_batch(model, crops_uint8, spec)        # maps: (N, 8, 8) in [0, 1]
     grid = explainer_for(model, spec).grid                        # where the 8x8 cells sit
     png = heatmap_png(maps[i], 64, grid)                          # RGBA overlay of the crop
-    square = crop_square(face, margin=spec.face_margin, align=spec.face_align)  # where it goes
+    square = CropRule.of(spec).square(face)                        # where it goes (faces.py)
 
 * The map explains the decision toward "fake": the gradient of P(fake)'s logit (the negated
   logit for a P(real) model, `ModelSpec.labels`), taken before the output sigmoid so that a
@@ -35,7 +35,6 @@ re-initialised (map correlation 0.97) and its hottest cells were the ones whose 
 from __future__ import annotations
 
 import io
-import math
 import weakref
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -118,7 +117,8 @@ def resample(cell_map: np.ndarray, grid: CellGrid, size: tuple[int, int]) -> np.
 
 def heatmap_png(cell_map: np.ndarray, size: int = 64, grid: CellGrid | None = None) -> bytes:
     """The map as a `size` x `size` RGBA PNG covering the whole crop square (lay it over the
-    face at `crop_square`'s box). Without `grid` the cells are spread evenly over the square."""
+    face at `preprocessing.faces.crop_square`'s box). Without `grid` the cells are spread
+    evenly over the square."""
     cell_map = np.asarray(cell_map, np.float32)
     grid = grid or CellGrid.uniform(cell_map.shape, (size, size))  # type: ignore[arg-type]
     values = np.clip(resample(cell_map, grid, (size, size)), 0.0, 1.0)
@@ -131,49 +131,6 @@ def heatmap_png(cell_map: np.ndarray, size: int = 64, grid: CellGrid | None = No
     buffer = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
-
-
-@dataclass(frozen=True)
-class CropSquare:
-    """The square `crop_face` cut, in the original image's pixels: (left, top) and `side`,
-    turned by `angle` degrees clockwise about its centre when the crop was aligned (draw it as
-    CSS `rotate(<angle>deg)` with the default centre origin). Parts may lie outside the image."""
-
-    left: int
-    top: int
-    side: int
-    angle: float = 0.0
-
-    @property
-    def box(self) -> tuple[int, int, int, int]:
-        """(x, y, w, h) of the unrotated square."""
-        return self.left, self.top, self.side, self.side
-
-    def to_image(self, u: float, v: float) -> tuple[float, float]:
-        """A point of the crop, in fractions of its side (0..1 from its top-left corner), in
-        original image pixels."""
-        cx, cy = self.left + self.side / 2.0, self.top + self.side / 2.0
-        dx, dy = (u - 0.5) * self.side, (v - 0.5) * self.side
-        # The aligned crop is the image turned counter-clockwise by `angle`: undo it.
-        t = math.radians(self.angle)
-        return cx + dx * math.cos(t) - dy * math.sin(t), cy + dx * math.sin(t) + dy * math.cos(t)
-
-    def corners(self) -> list[tuple[float, float]]:
-        """Top-left, top-right, bottom-right, bottom-left of the crop, in image pixels."""
-        return [self.to_image(u, v) for u, v in ((0, 0), (1, 0), (1, 1), (0, 1))]
-
-
-def crop_square(face: Any, *, margin: float, align: bool = False) -> CropSquare:
-    """The square `preprocessing.faces.crop_face(image, face, margin=margin, align=align)` cuts.
-
-    Mirrors its arithmetic (centre of the box, side `max(w, h) * (1 + margin)`, rounded
-    corner); tests/test_explain.py checks it against crop_face's pixels."""
-    from preprocessing.faces import eye_angle
-
-    x, y, w, h = face.box
-    cx, cy = x + w / 2.0, y + h / 2.0
-    side = max(1, round(max(w, h, 1) * (1.0 + margin)))
-    return CropSquare(round(cx - side / 2.0), round(cy - side / 2.0), side, eye_angle(face) if align else 0.0)
 
 
 # ---- where a layer's cells sit -------------------------------------------------------------

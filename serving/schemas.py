@@ -154,12 +154,20 @@ class VideoStats(BaseModel):
     frames_decoded: int
     frames_failed: int
     strategy: str = Field(description="How the sampled frames were reached: seek or one pass")
+    full_face_detections: int = Field(
+        0,
+        description="Sampled frames the full face detector ran on; on the others each face was "
+        "looked for near its last box, plus a glance at the whole frame for a face entering",
+    )
 
 
 class VideoTimings(BaseModel):
     decode_s: float = Field(description="Probing and decoding the sampled frames (in the worker)")
     faces_s: float = Field(description="Face detection and crops (in the worker)")
-    model_s: float = Field(description="Model calls, overlapping the decoding")
+    model_s: float = Field(
+        description="Wall time with this video's crops at the model (overlapping the decoding; "
+        "batches at the model at once count once)"
+    )
     total_s: float
 
 

@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from modeling.spec import DEFAULT_MODEL_NAME
 from preprocessing import faces, video
 from preprocessing.decode import DecodeLimits
+from preprocessing.face_tracking import FULL_EVERY
 from serving.access import DEFAULT_TRUSTED_PROXIES, parse_networks, parse_rate_limits
 from serving.provenance import ProvenanceOptions, load_trust_anchors
 from serving.redis_link import RedisLink, check_url, shared_link
@@ -126,6 +127,12 @@ class Settings(BaseSettings):
     face_min_score: float | None = Field(
         None, ge=0.0, le=1.0, description="detector score a face needs (unset: the detector's own, 0.6 / 0.9)"
     )
+    face_tiles: Literal["when_needed", "always"] = Field(
+        "when_needed",
+        description="BlazeFace only: `always` searches every photo in tiles too (before 2026-12: ~20 "
+        "model inputs a photo); `when_needed` leaves them out when the whole photo shows only large "
+        "faces (a portrait: 2-5 inputs), the same faces on the bench photos",
+    )
     detect_max_side: int | None = Field(
         None,
         ge=64,
@@ -215,6 +222,13 @@ class Settings(BaseSettings):
     )
     video_frames: int = Field(
         video.DEFAULT_FRAMES, gt=0, description="frames sampled from a video when the request names none"
+    )
+    video_full_every: int = Field(
+        FULL_EVERY,
+        ge=1,
+        le=1000,
+        description="the full face detector on every n-th sampled frame (and the first, and when a "
+        "face is lost or enters); the faces are tracked in between. 1: full detection on every frame",
     )
     video_max_frames: int = limit(
         _VIDEO.max_frames,

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from modeling.explain import crop_square, heatmap_png, unpack_maps
+from modeling.explain import heatmap_png, unpack_maps
 from modeling.spec import DECISION_POINT, ModelSpec
 from preprocessing.errors import InputError
-from preprocessing.faces import Face
+from preprocessing.face_tracking import FULL_EVERY
 from preprocessing.video import VideoLimits
 from serving.errors import Overloaded, ServiceError
 from serving.forms import sampling
@@ -45,6 +45,7 @@ from serving.video_worker import (
     VideoAnalysis,
     VideoRequest,
     VideoWorkerDied,
+    VideoWorkerError,
     VideoWorkerPool,
     concat_crops,
 )
@@ -74,6 +75,7 @@ class VideoPipeline:
         timeout_s: float,
         max_faces: int,
         default_frames: int,
+        full_every: int = FULL_EVERY,
         explain: Explain | None = None,
         provenance: ProvenanceReader | None = None,
     ) -> None:
@@ -87,6 +89,7 @@ class VideoPipeline:
         self.timeout_s = timeout_s
         self.max_faces = max_faces
         self.default_frames = default_frames
+        self.full_every = full_every
         self._waiting = 0
         self._started: asyncio.Task[None] | None = None
 
@@ -121,6 +124,7 @@ class VideoPipeline:
             fps=fps,
             max_faces=self.max_faces,
             limits=self.limits,
+            full_every=self.full_every,
         )
         timeout_s = timeout_s or self.timeout_s
         self._waiting += 1
@@ -138,8 +142,12 @@ class VideoPipeline:
             response = self._response(analysis, raw, started, model_s, declared)
             if explain and response.tracks:
                 await self._explain_tracks(pool, path, request, timeout_s, analysis, response)
-        except VideoWorkerDied:
-            raise VideoDecodeFailed() from None
+        except VideoWorkerError as exc:
+            if self.pool.closed:  # the server stopping killed the decoder: not the file's fault
+                raise Overloaded("This server is stopping; send the video again") from None
+            if isinstance(exc, VideoWorkerDied):
+                raise VideoDecodeFailed() from None
+            raise
         finally:
             self._waiting -= 1
         record_verdict("detect_video", response.verdict, len(response.tracks))
@@ -157,14 +165,20 @@ class VideoPipeline:
         each batch of crops is scored as it arrives, a bounded number at a time."""
         scoring: deque[asyncio.Task[np.ndarray]] = deque()
         raw: list[float] = []
-        model_s = 0.0
+        model_s = 0.0  # wall time with at least one of this video's batches at the model
+        busy, busy_since = 0, 0.0
 
         async def score(crops: np.ndarray) -> np.ndarray:
-            nonlocal model_s
-            t0 = time.perf_counter()
-            out = await self.predict(crops)
-            model_s += time.perf_counter() - t0
-            return out
+            nonlocal model_s, busy, busy_since
+            if busy == 0:
+                busy_since = time.perf_counter()
+            busy += 1
+            try:
+                return await self.predict(crops)
+            finally:
+                busy -= 1
+                if busy == 0:  # overlapping batches count once
+                    model_s += time.perf_counter() - busy_since
 
         async def arrived(update: Progress) -> None:
             crops = concat_crops(update.frames)
@@ -219,8 +233,8 @@ class VideoPipeline:
                         abs(a - b) for a, b in zip(frame.boxes[j], best[track.track_id].box, strict=True)
                     ),
                 )
-                face = Face(tuple(round(v) for v in frame.boxes[index]), 1.0, {})
-                square = list(crop_square(face, margin=self.spec.face_margin).box)
+                # the image path's square, alignment included (README, "Heatmaps")
+                square = request.crop.square(frame.face(index))
             chosen.append((track, frame.crops[index], square))
         if not chosen:
             return
@@ -261,6 +275,7 @@ class VideoPipeline:
             frames_decoded=stats.decoded,
             frames_failed=stats.failed,
             strategy=stats.strategy,
+            full_face_detections=stats.full_detections,
         )
         timings = VideoTimings(
             decode_s=stats.probe_s + stats.decode_s,

@@ -56,13 +56,13 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image
 
 from preprocessing.errors import InputError
-from preprocessing.faces import Face, crop_face
+from preprocessing.face_tracking import FULL_EVERY, FaceTracker
+from preprocessing.faces import DEFAULT_MAX_FACES, CropRule, Face, FaceDetector
 from preprocessing.tensor import to_input_array
 from preprocessing.video import (
     WORKING_MAX_SIDE,
@@ -96,29 +96,28 @@ READY_BOUND_BYTES = 64 * 1024
 class VideoRequest:
     """What to take from one video. Times win over frames/fps; neither: 32 evenly spaced.
 
-    `input_size` (height, width), `margin` and `align` are the model's crop (ModelSpec);
-    use `for_spec`. `test_sleep_s` is honoured only by workers started with test hooks.
+    `crop` is the model's crop (its metadata: `for_spec`), `max_faces` the settings' cap;
+    `full_every`: the full face detector on every n-th sample, faces tracked between
+    (preprocessing/face_tracking.py; 1: full detection on every sample). `test_sleep_s` is
+    honoured only by workers started with test hooks.
     """
 
     times: tuple[float, ...] | None = None
     frames: int | None = None
     fps: float | None = None
-    max_faces: int = 20
-    input_size: tuple[int, int] = (160, 160)
-    margin: float = 0.25
-    align: bool = False
+    max_faces: int = DEFAULT_MAX_FACES
+    crop: CropRule = CropRule()
     limits: VideoLimits = VideoLimits()
     strategy: Strategy = "auto"
     max_side: int = WORKING_MAX_SIDE
-    detect_batch: int = 8  # frames per detector call, and per progress report
+    detect_batch: int = 8  # frames per progress report (and per message)
+    full_every: int = FULL_EVERY
     test_sleep_s: float = 0.0
 
     @classmethod
     def for_spec(cls, spec: Any, **fields: Any) -> VideoRequest:
         """A request cutting the crops `spec` (a modeling.spec.ModelSpec) was trained on."""
-        return cls(
-            input_size=tuple(spec.input_size), margin=spec.face_margin, align=spec.face_align, **fields
-        )
+        return cls(crop=CropRule.of(spec), **fields)
 
 
 @dataclass(frozen=True)
@@ -137,6 +136,13 @@ class FrameFaces:
     scores: tuple[float, ...]
     crops: np.ndarray  # (k, H, W, 3) uint8; empty once handed on (analyze's keep_crops=False)
     whole_frame: bool = False
+    # Per face, the detector's landmarks in the upright video's pixels (an aligned crop's angle).
+    landmarks: tuple[dict[str, tuple[float, float]], ...] = ()
+
+    def face(self, index: int) -> Face:
+        """Face `index` in the upright video's pixels, as the crop was cut around it."""
+        landmarks = self.landmarks[index] if index < len(self.landmarks) else {}
+        return Face(self.boxes[index], self.scores[index], dict(landmarks))
 
     @property
     def crop_count(self) -> int:
@@ -156,6 +162,7 @@ class AnalysisStats:
     seeks: int = 0
     strategy: str = ""
     faces: int = 0
+    full_detections: int = 0  # frames the full face detector ran on (the others: tracked)
     probe_s: float = 0.0
     decode_s: float = 0.0
     detect_s: float = 0.0
@@ -227,7 +234,7 @@ class _MessageRefused(VideoWorkerError):
 def message_bound(request: VideoRequest) -> int:
     """The largest message a worker can send for `request`: a batch of `detect_batch` frames,
     each with its crops (at most `max_faces`, or the whole frame), plus room for the rest."""
-    height, width = request.input_size
+    height, width = request.crop.input_size
     crops = request.detect_batch * max(request.max_faces, 1)
     return crops * height * width * 3 + MESSAGE_SLACK_BYTES
 
@@ -263,29 +270,6 @@ def _unpickle(data: bytes) -> Any:
         raise _MessageRefused(f"the video worker sent a malformed message: {type(exc).__name__}") from None
 
 
-# -- the face detector, behind the interface preprocessing.faces is moving to ---------------------
-
-
-class FrameDetector(Protocol):
-    def detect_many(self, images: Sequence[Image.Image], *, max_faces: int = 20) -> list[list[Face]]: ...
-
-
-def load_face_detector(name: str, options: dict[str, Any] | None = None) -> FrameDetector:
-    from preprocessing.detectors import load_detector
-
-    return load_detector(name, **(options or {}))
-
-
-def warm_up(detector: FrameDetector) -> None:
-    """One detection on noise in both orientations: MTCNN's tf.functions trace on first use
-    (~2 s), which would otherwise land on the first request."""
-    rng = np.random.default_rng(0)
-    images = [
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in ((640, 360), (360, 640))
-    ]
-    detector.detect_many(images)
-
-
 # -- the worker process --------------------------------------------------------------------------
 
 
@@ -306,13 +290,14 @@ def _recv(stream: BinaryIO) -> tuple[Any, ...] | None:
 def run_request(
     path: str,
     request: VideoRequest,
-    detector: FrameDetector | None,
+    detector: FaceDetector | None,
     emit: Callable[[tuple[Any, ...]], None],
     *,
     test_hooks: bool = False,
 ) -> None:
-    """Probe, decode, find faces, crop; report through `emit`. Runs in the worker process (and
-    in-process for benchmarks). Raises InputError for the video's faults."""
+    """Probe, decode, find faces (tracked between full detections), crop; report through
+    `emit`. Runs in the worker process (and in-process for benchmarks). Raises InputError for
+    the video's faults."""
     stats = AnalysisStats()
     started = time.perf_counter()
     info = probe(path, request.limits)
@@ -325,82 +310,75 @@ def run_request(
     if test_hooks and request.test_sleep_s:
         time.sleep(request.test_sleep_s)  # tests: a decoder that stalls
 
-    height, width = request.input_size
     decode = DecodeStats()
     frames = decode_frames(
         info, times, strategy=request.strategy, limits=request.limits, max_side=request.max_side, stats=decode
     )
+    tracker = (
+        FaceTracker(detector, max_faces=request.max_faces, full_every=request.full_every)
+        if detector is not None
+        else None
+    )
     done_before = 0
+    results: list[FrameFaces] = []
 
-    def flush(batch: list[Any]) -> None:
-        nonlocal done_before
-        results: list[FrameFaces] = []
-        if batch:
-            images = [decoded.image for decoded in batch]
-            t0 = time.perf_counter()
-            found = (
-                detector.detect_many(images, max_faces=request.max_faces) if detector else [None] * len(batch)
-            )
-            t1 = time.perf_counter()
-            stats.detect_s += t1 - t0
-            for decoded, faces in zip(batch, found, strict=True):
-                results.append(_frame_faces(decoded, faces, request, (width, height)))
-            stats.crop_s += time.perf_counter() - t1
-            stats.faces += sum(len(r.boxes) for r in results)
+    def flush() -> None:
+        nonlocal done_before, results
         done = decode.decoded + decode.failed
         if results or done > done_before:
             emit(("frames", results, done))
             done_before = done
+        results = []
 
-    batch: list[Any] = []
     while True:
         t0 = time.perf_counter()
         decoded = next(frames, None)
-        stats.decode_s += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        stats.decode_s += t1 - t0
         if decoded is None:
             break
-        batch.append(decoded)
-        if len(batch) >= request.detect_batch:
-            flush(batch)
-            batch = []
-    flush(batch)
+        faces = tracker.detect(decoded.image) if tracker is not None else None
+        t2 = time.perf_counter()
+        stats.detect_s += t2 - t1
+        results.append(_frame_faces(decoded, faces, request.crop))
+        stats.crop_s += time.perf_counter() - t2
+        stats.faces += len(results[-1].boxes)
+        if len(results) >= request.detect_batch:
+            flush()
+    flush()
     for name in ("sampled", "decoded", "failed", "frames_decoded", "seeks", "strategy"):
         setattr(stats, name, getattr(decode, name))
+    stats.full_detections = tracker.stats.full if tracker is not None else 0
     stats.decoder_errors = list(decode.errors)
     if decode.decoded == 0:
         raise InputError(400, "INVALID_VIDEO", "The video cannot be decoded: no sampled frame decoded")
     emit(("done", stats))
 
 
-def _frame_faces(
-    decoded: DecodedFrame, faces: list[Face] | None, request: VideoRequest, crop_size: tuple[int, int]
-) -> FrameFaces:
-    """Crops cut from the working frame as the image path cuts them; boxes in video pixels."""
+def _frame_faces(decoded: DecodedFrame, faces: list[Face] | None, crop: CropRule) -> FrameFaces:
+    """Crops cut from the working frame by the model's crop rule, as photos are cut; boxes and
+    landmarks in video pixels."""
     image = decoded.image
     if faces is None:
-        crop = to_input_array(image, request.input_size)
-        return FrameFaces(decoded.index, decoded.time_s, decoded.pts_s, (), (), crop[None], whole_frame=True)
+        whole = to_input_array(image, crop.input_size)
+        return FrameFaces(decoded.index, decoded.time_s, decoded.pts_s, (), (), whole[None], whole_frame=True)
     sx, sy = decoded.scale
-    crops = [
-        to_input_array(
-            crop_face(image, face, size=crop_size, margin=request.margin, align=request.align),
-            request.input_size,
-        )
-        for face in faces
-    ]
     boxes = tuple(
         (round(x / sx), round(y / sy), max(1, round(w / sx)), max(1, round(h / sy)))
         for x, y, w, h in (f.box for f in faces)
     )
-    array = np.stack(crops) if crops else np.zeros((0, *request.input_size, 3), np.uint8)
+    landmarks = tuple({k: (px / sx, py / sy) for k, (px, py) in f.landmarks.items()} for f in faces)
     return FrameFaces(
-        decoded.index, decoded.time_s, decoded.pts_s, boxes, tuple(float(f.score) for f in faces), array
-    )
+        decoded.index, decoded.time_s, decoded.pts_s, boxes, tuple(float(f.score) for f in faces),
+        crop.crops(image, faces), landmarks=landmarks,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The worker: `python -m serving.video_worker [--detector NAME | --no-detector]`."""
     import argparse
+
+    from preprocessing.detectors import load_detector, warm_up
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--detector", default="blazeface")
@@ -418,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = json.loads(args.detector_options)
     if options.get("model_dir"):
         options["model_dir"] = Path(options["model_dir"])
-    detector = None if args.no_detector else load_face_detector(args.detector, options)
+    detector = None if args.no_detector else load_detector(args.detector, **options)
     if detector is not None:
         warm_up(detector)
     _send(out, ("ready", os.getpid()))
@@ -505,7 +483,7 @@ class VideoWorkerPool:
         self.max_requests = max_requests
         self.test_hooks = test_hooks
         self.env = env or {}
-        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._idle: asyncio.Queue[_Worker | None] = asyncio.Queue()  # None: closed
         self._workers: set[_Worker] = set()
         self._spawning: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -529,9 +507,15 @@ class VideoWorkerPool:
         for worker in workers:
             self._idle.put_nowait(worker)
 
+    @property
+    def closed(self) -> bool:
+        """Closed (the server stopping): what it was doing was killed, not failed."""
+        return self._closed
+
     async def close(self) -> None:
         """Kill every worker (busy ones too) and wait for them to exit."""
         self._closed = True
+        self._idle.put_nowait(None)  # requests waiting for a worker: the pool is closed
         for task in list(self._spawning):
             task.cancel()
         await asyncio.gather(*self._spawning, return_exceptions=True)
@@ -593,6 +577,9 @@ class VideoWorkerPool:
     async def _take(self) -> _Worker:
         while True:
             worker = await self._idle.get()
+            if worker is None:  # closed while waiting: wake the next waiter too
+                self._idle.put_nowait(None)
+                raise VideoWorkerError("the video worker pool is closed")
             if worker.alive:
                 return worker
             self._replace(worker)  # died while idle

@@ -27,14 +27,13 @@ from modeling.explain import (  # noqa: E402 - the log level must be set before 
     CellGrid,
     Explainer,
     cell_grid,
-    crop_square,
     explain_batch,
     explainer_for,
     heatmap_png,
     resample,
 )
 from modeling.spec import ModelSpec  # noqa: E402
-from preprocessing.faces import Face, crop_face  # noqa: E402
+from preprocessing.faces import Face, crop_face, crop_square  # noqa: E402
 from tests.helpers import build_legacy_facenet_like, noise_image  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "clip_model"  # crops at the CLIP model's input size

@@ -29,7 +29,8 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from serving.video_worker import VideoRequest, VideoWorkerPool
+from preprocessing.faces import CropRule
+from serving.video_worker import VideoRequest, VideoWorkerError, VideoWorkerPool
 from tests.helpers import FIXTURES
 from tests.inprocess import service_app
 from tests.videos import BackgroundLoop, clip
@@ -356,7 +357,7 @@ def test_the_analysis_keeps_boxes_not_crops(loop: BackgroundLoop) -> None:
         async with VideoWorkerPool(1, detector=None) as pool:
             return await pool.analyze(
                 clip("moving.mp4"),
-                VideoRequest(frames=6, input_size=(32, 32)),
+                VideoRequest(frames=6, crop=CropRule((32, 32))),
                 timeout_s=60,
                 keep_crops=False,
             )
@@ -394,3 +395,42 @@ def test_a_running_job_does_not_hold_the_synchronous_video_route(served_tag: str
         app.delete(f"{JOBS}/{job_id}")
     assert short.status_code == 200, short.text
     assert after["state"] == "running" and after["frames_done"] < n, after
+
+
+def test_a_video_in_flight_when_the_server_stops_answers_503_not_a_decode_fault(
+    loop: BackgroundLoop, served_tag: str
+) -> None:
+    """Stopping the server closes the decoder pool: the video being decoded (its process
+    killed) and the one waiting for a decoder were not at fault: 503 SERVICE_OVERLOADED with
+    Retry-After (send it again), not 422 VIDEO_DECODE_FAILED, and no request left hanging."""
+    import bentoml
+
+    from modeling.spec import ModelSpec
+    from preprocessing.video import VideoLimits
+    from serving.errors import Overloaded
+    from serving.video_pipeline import VideoPipeline
+
+    spec = ModelSpec.from_metadata(bentoml.models.get(served_tag).info.metadata)
+
+    async def model(crops: np.ndarray) -> np.ndarray:  # never reached: the decoders are stopped first
+        raise AssertionError("the model was called")
+
+    async def scenario() -> list[BaseException | None]:
+        pool = VideoWorkerPool(1, detector=None, test_hooks=True)
+        pipeline = VideoPipeline(
+            spec, "t", model, pool, VideoLimits(), timeout_s=60, max_faces=20, default_frames=6
+        )
+        await pipeline._pool()  # the pipeline starts its pool (as its first video would)
+        stalled = VideoRequest(frames=6, test_sleep_s=30)  # holds the one decoder
+        running = asyncio.ensure_future(pool.analyze(clip("moving.mp4"), stalled, timeout_s=60))
+        waiting = asyncio.ensure_future(pipeline.detect(clip("moving.mp4"), frames=6))
+        await asyncio.sleep(2)
+        await pipeline.close()
+        answers = await asyncio.wait_for(asyncio.gather(running, waiting, return_exceptions=True), 30)
+        return list(answers)
+
+    running, waiting = loop.run(scenario(), timeout=120)
+    assert isinstance(running, VideoWorkerError), running  # killed, in the decoder
+    assert isinstance(waiting, Overloaded) and waiting.status == 503 and waiting.headers["Retry-After"], (
+        waiting
+    )

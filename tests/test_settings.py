@@ -92,8 +92,9 @@ def test_the_server_does_not_start_on_a_bad_setting() -> None:
 # threat it answers; a new setting must be put on one side or the other.
 NOT_LIMITS = {
     "model_tag", "max_batch_size", "max_latency_ms", "batch_policy", "api_workers", "face_detection",
-    "require_face", "face_detector", "face_min_score", "detect_max_side", "video_frames", "jobs_dir",
-    "log_format", "job_store", "job_stale_after_s", "provenance", "provenance_watermarks",
+    "require_face", "face_detector", "face_min_score", "detect_max_side", "face_tiles", "video_frames",
+    "video_full_every", "jobs_dir", "log_format", "job_store", "job_stale_after_s", "provenance",
+    "provenance_watermarks",
 }  # fmt: skip
 
 

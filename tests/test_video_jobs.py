@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from preprocessing.faces import CropRule
 from serving.jobs import DiskJobStore, JobNotDone, JobNotFound, JobStatus, JobStoreFull, ProgressFn
 from serving.video_worker import VideoRequest, VideoWorkerPool
 from tests.videos import BackgroundLoop, alive, clip
@@ -32,7 +33,7 @@ def pool(loop: BackgroundLoop) -> Iterator[VideoWorkerPool]:
 
 def runner_for(pool: VideoWorkerPool) -> Callable[[Path, dict[str, Any], ProgressFn], Any]:
     async def run(path: Path, params: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
-        request = VideoRequest(frames=SAMPLES, input_size=(32, 32), test_sleep_s=params.get("sleep", 0.0))
+        request = VideoRequest(frames=SAMPLES, crop=CropRule((32, 32)), test_sleep_s=params.get("sleep", 0.0))
         analysis = await pool.analyze(
             path, request, timeout_s=120, progress=lambda p: progress(p.done, p.total)
         )

@@ -27,6 +27,7 @@ def test_two_faces_are_two_tracks(app: TestClient) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["video"]["frames_sampled"] == 12 and body["video"]["codec"] == "h264"
+    assert 1 <= body["video"]["full_face_detections"] < 12  # the faces tracked in between
     assert body["face_detected"] is True and body["track_count"] == 2 == len(body["tracks"])
     for track in body["tracks"]:
         assert track["frame_count"] >= 10 and track["counted"]
@@ -38,6 +39,7 @@ def test_two_faces_are_two_tracks(app: TestClient) -> None:
     assert (body["fake_probability"] >= 0.5) == (body["prediction"] == "fake")
     assert body["fake_probability"] <= deciding["fake_probability"] + 1e-9  # the bar for two faces
     assert body["confidence"] >= 0.5 and set(body["timings"]) == {"decode_s", "faces_s", "model_s", "total_s"}
+    assert 0 < body["timings"]["model_s"] <= body["timings"]["total_s"]  # overlapping batches once
 
 
 def test_a_video_without_a_face_says_so(app: TestClient) -> None:
@@ -119,3 +121,13 @@ def test_explain_gives_each_track_a_heatmap(app: TestClient) -> None:
     assert response.status_code == 200, body
     for track in body["tracks"]:
         assert track["heatmap"]["png"] and track["heatmap_time"] in [f["time"] for f in track["frames"]]
+
+
+def test_full_face_detection_on_every_frame_is_a_setting(served_tag: str) -> None:
+    from tests.inprocess import service_app
+
+    every = {"DEEPFAKE_VIDEO_FULL_EVERY": "1", "DEEPFAKE_FACE_TILES": "always"}
+    with service_app({"DEEPFAKE_MODEL_TAG": served_tag, **every}) as app:
+        body = post(app, "two_faces.mp4", frames="6").json()
+    assert body["video"]["full_face_detections"] == body["video"]["frames_sampled"] == 6
+    assert body["track_count"] == 2

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from preprocessing.errors import InputError
-from preprocessing.faces import Face, crop_face
+from preprocessing.faces import CropRule, Face, crop_face
 from preprocessing.tensor import to_input_array
 from preprocessing.video import decode_frames, probe
 from serving.tracks import build_tracks, judge_video, min_track_frames
@@ -30,6 +30,7 @@ from tests.videos import FPS, PORTRAIT, SECONDS, BackgroundLoop, alive, clip, pa
 
 SAMPLES = 9
 INPUT = (64, 64)  # the small test models' input (tests/helpers.build_legacy_facenet_like)
+CROP = CropRule(INPUT)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def frames_pool(loop: BackgroundLoop) -> Iterator[VideoWorkerPool]:
 
 
 def analyze(loop: BackgroundLoop, pool: VideoWorkerPool, name: str, **fields: object) -> VideoAnalysis:
-    request = VideoRequest(frames=SAMPLES, input_size=INPUT, **fields)
+    request = VideoRequest(frames=SAMPLES, **({"crop": CROP} | fields))
     return loop.run(pool.analyze(clip(name), request, timeout_s=120))
 
 
@@ -130,7 +131,7 @@ def test_no_face_no_tracks(loop: BackgroundLoop, faces_pool: VideoWorkerPool) ->
 def test_crops_are_cut_exactly_as_the_image_path_cuts_them(
     loop: BackgroundLoop, faces_pool: VideoWorkerPool
 ) -> None:
-    analysis = analyze(loop, faces_pool, "two_faces.mp4", margin=0.4)
+    analysis = analyze(loop, faces_pool, "two_faces.mp4", crop=CropRule(INPUT, margin=0.4))
     frame = analysis.frames[3]
     info = probe(clip("two_faces.mp4"))
     (decoded,) = decode_frames(info, [frame.time_s])
@@ -149,7 +150,7 @@ def test_progress_is_reported_as_frames_are_done(loop: BackgroundLoop, faces_poo
     async def progress(report: Progress) -> None:
         seen.append((report.done, report.total, len(report.frames)))
 
-    request = VideoRequest(frames=SAMPLES, input_size=INPUT, detect_batch=4)
+    request = VideoRequest(frames=SAMPLES, crop=CROP, detect_batch=4)
     loop.run(faces_pool.analyze(clip("moving.mp4"), request, timeout_s=120, progress=progress))
     assert seen == [(0, 9, 0), (4, 9, 4), (8, 9, 4), (9, 9, 1)]
 
@@ -196,7 +197,7 @@ def test_a_stalled_decode_is_killed_at_the_deadline_and_the_worker_replaced(
     loop: BackgroundLoop, frames_pool: VideoWorkerPool
 ) -> None:
     (stalled,) = frames_pool.pids
-    request = VideoRequest(frames=SAMPLES, input_size=INPUT, test_sleep_s=60)
+    request = VideoRequest(frames=SAMPLES, crop=CROP, test_sleep_s=60)
     with pytest.raises(InputError) as caught:
         loop.run(frames_pool.analyze(clip("moving.mp4"), request, timeout_s=1.5))
     assert (caught.value.status, caught.value.code) == (422, "VIDEO_TIMEOUT")
@@ -208,7 +209,7 @@ def test_a_stalled_decode_is_killed_at_the_deadline_and_the_worker_replaced(
 def test_a_stall_between_messages_is_a_timeout_too(
     loop: BackgroundLoop, frames_pool: VideoWorkerPool
 ) -> None:
-    request = VideoRequest(frames=SAMPLES, input_size=INPUT, test_sleep_s=60)
+    request = VideoRequest(frames=SAMPLES, crop=CROP, test_sleep_s=60)
     with pytest.raises(InputError) as caught:
         loop.run(frames_pool.analyze(clip("moving.mp4"), request, timeout_s=60, stall_timeout_s=1.0))
     assert caught.value.code == "VIDEO_TIMEOUT"
@@ -224,7 +225,7 @@ def test_a_worker_that_dies_is_replaced_and_the_request_told(
         if report.done == 0:
             os.kill(victim, signal.SIGKILL)  # as the OOM killer or a crash in FFmpeg would
 
-    request = VideoRequest(frames=SAMPLES, input_size=INPUT, test_sleep_s=30)
+    request = VideoRequest(frames=SAMPLES, crop=CROP, test_sleep_s=30)
     with pytest.raises(VideoWorkerError, match="exited"):
         loop.run(frames_pool.analyze(clip("moving.mp4"), request, timeout_s=60, progress=kill_on_start))
     assert not alive(victim)
@@ -234,7 +235,7 @@ def test_a_worker_that_dies_is_replaced_and_the_request_told(
 def test_cancelling_the_request_kills_the_work(loop: BackgroundLoop, frames_pool: VideoWorkerPool) -> None:
     analyze(loop, frames_pool, "moving.mp4")
     (busy,) = frames_pool.pids
-    request = VideoRequest(frames=SAMPLES, input_size=INPUT, test_sleep_s=60)
+    request = VideoRequest(frames=SAMPLES, crop=CROP, test_sleep_s=60)
 
     async def cancel_once_started() -> None:
         started = asyncio.Event()
@@ -255,7 +256,7 @@ def test_requests_beyond_the_pool_size_wait_their_turn(
     loop: BackgroundLoop, frames_pool: VideoWorkerPool
 ) -> None:
     async def three() -> list[VideoAnalysis]:
-        request = VideoRequest(frames=3, input_size=INPUT)
+        request = VideoRequest(frames=3, crop=CROP)
         return await asyncio.gather(
             *(frames_pool.analyze(clip(name), request, timeout_s=60) for name in ("moving.mp4",) * 3)
         )
