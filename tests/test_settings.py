@@ -93,7 +93,7 @@ def test_the_server_does_not_start_on_a_bad_setting() -> None:
 NOT_LIMITS = {
     "model_tag", "max_batch_size", "max_latency_ms", "batch_policy", "api_workers", "face_detection",
     "require_face", "face_detector", "face_min_score", "detect_max_side", "video_frames", "jobs_dir",
-    "log_format", "job_store", "job_stale_after_s", "provenance", "provenance_watermarks",
+    "log_format", "job_store", "job_stale_after_s", "provenance", "provenance_watermarks", "precision",
 }  # fmt: skip
 
 
