@@ -5,7 +5,7 @@
     python model_import.py face.h5              # a legacy FaceNet file: output P(real), [0, 1] input
     python model_import.py model.keras --output p_fake --normalization minus_one_one
     python model_import.py saved_model_dir/ --metrics metrics.json
-    python model_import.py model.keras --precision int8   # LiteRT int8, if it passes the gate
+    python model_import.py model.keras --precision int8   # int8, if it passes the gate
 
 Accepted: `.keras`, legacy `.h5`, a TensorFlow SavedModel folder. The file must be a
 single-output binary classifier with a fixed image input; it is loaded with Keras safe_mode
@@ -13,11 +13,14 @@ on (model files can carry code) unless `--trust-code` is given for a file you tr
 Set BENTOML_HOME to choose the store (the Makefile uses .bentoml/ in the project).
 
 `--precision` (modeling/optimized.py): fp32 (TensorFlow, the default for a file), bf16
-(TensorFlow's bf16 rewrite, CPUs with native bf16), fp16 or int8 (a LiteRT file stored beside
-the Keras file, served without TensorFlow), or auto (int8, else bf16, else fp32: the default
-model's choice). An optimized precision is served only if it passes the gate: P(fake) within
-0.03 of fp32 on every evaluation crop and no fixture label flipped. An explicit precision that
-fails is refused (exit 2); auto falls back to the next one with a warning.
+(TensorFlow with the blocks' products in bf16, CPUs with native bf16), fp16 (LiteRT), int8 (ONNX
+Runtime static QDQ for the CLIP classifier, LiteRT for any other model; a file stored beside
+the Keras file), or auto (the default model's choice: every precision of its recipe's
+`precision_auto`). An optimized precision is stored only if it passes the gate: P(fake) within
+0.03 of fp32 on every evaluation crop and no fixture label flipped. The store keeps fp32 and
+every precision that passed; the model service picks one at start from its CPU's flags (bf16
+where native, else int8 where VNNI, else fp32) or as DEEPFAKE_PRECISION says. An explicit
+precision that fails is refused (exit 2); auto leaves it out with a warning.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 
 from artifacts import sha256_file
 from modeling.default import COMMITTED, DEFAULT
-from modeling.spec import DEFAULT_MODEL_NAME, DETECTOR_FILES_NAME, Acceptance, ModelSpec
+from modeling.spec import DEFAULT_MODEL_NAME, DETECTOR_FILES_NAME, Acceptance, ModelSpec, StoredPrecision
 
 PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8", "auto")
 
@@ -155,15 +158,18 @@ def import_model(
     spec, optimized = choose_precision(
         model, spec, precision, calibration, path if fmt == "saved_model" else None, auto_order
     )
+    chosen = ", ".join(entry.precision for entry in spec.stored_precisions())
+    print(f"stored precisions: {chosen}; this CPU serves {spec.precision} ({spec.runtime})", file=sys.stderr)
     with bentoml.models.create(name, metadata=spec.to_metadata(), labels=labels or {}) as stored:
         if fmt == "saved_model":
             shutil.copytree(path, stored.path_of("saved_model"))
         else:
             model.save(stored.path_of("model.keras"))  # .h5 files become .keras once, here
-        if optimized is not None:
+        if optimized:
             from modeling.optimized import NETWORK_FILE, network_summary
 
-            Path(stored.path_of(spec.optimized_file)).write_bytes(optimized)
+            for file_name, data in optimized.items():
+                Path(stored.path_of(file_name)).write_bytes(data)
             Path(stored.path_of(NETWORK_FILE)).write_text(json.dumps(network_summary(model)) + "\n")
     return str(stored.tag)
 
@@ -175,51 +181,84 @@ def choose_precision(
     calibration: Path | None,
     saved_model: Path | None = None,
     auto_order: tuple[str, ...] | None = None,
-) -> tuple[ModelSpec, bytes | None]:
-    """The spec to store (precision, runtime, optimized file, acceptance) and the optimized
-    file's bytes (None: the Keras file is served). Raises ImportRefused. `auto_order`: what
-    `auto` tries, first to last (default `modeling.optimized.AUTO_ORDER`; empty: fp32)."""
-    from modeling.optimized import AUTO_ORDER, OPTIMIZED_FILE, RUNTIME_OF, CropSet
+) -> tuple[ModelSpec, dict[str, bytes]]:
+    """The spec to store and the optimized files to write beside the Keras file (name -> bytes).
+
+    Every candidate (`auto`: `auto_order`, default `modeling.optimized.AUTO_ORDER`, empty: fp32
+    alone; else `precision` alone) is built and gated; the spec's `precisions` keeps fp32 and
+    each one the gate accepted, so that the model service picks at start on its own CPU
+    (modeling.optimized.pick_precision). The single fields (`precision`, `runtime`, ...) say
+    what this CPU picks (an explicit precision: that one). Raises ImportRefused when an
+    explicit precision cannot be built or fails the gate."""
+    from modeling.optimized import AUTO_ORDER, CropSet, cpu_flags, pick_precision
 
     if precision not in PRECISION_CHOICES:
         raise ImportRefused(f"precision {precision!r}: expected one of {', '.join(PRECISION_CHOICES)}")
-    if precision == "fp32" or (precision == "auto" and auto_order == ()):
-        return spec, None
-    crops = CropSet.from_folder(calibration) if calibration else CropSet.from_folder()
-    order = AUTO_ORDER if auto_order is None else auto_order
-    for candidate in order if precision == "auto" else (precision,):
+    stored = [StoredPrecision(precision="fp32", runtime="tensorflow")]
+    files: dict[str, bytes] = {}
+    order = (AUTO_ORDER if auto_order is None else auto_order) if precision == "auto" else (precision,)
+    order = tuple(candidate for candidate in order if candidate != "fp32")
+    crops = None
+    if order:
+        crops = CropSet.from_folder(calibration) if calibration else CropSet.from_folder()
+    for candidate in order:
         try:
-            acceptance, optimized = try_precision(model, spec, candidate, crops, saved_model)
+            acceptance, optimized, runtime = try_precision(model, spec, candidate, crops, saved_model)
         except ImportRefused as refused:
             if precision != "auto":
                 raise
             print(f"WARNING: {candidate} skipped: {refused}", file=sys.stderr)
             continue
-        if acceptance.accepted:
-            fields: dict[str, Any] = {
-                "precision": candidate,
-                "runtime": RUNTIME_OF[candidate],
-                "acceptance": acceptance,
-            }
-            if optimized is not None:
-                fields |= {
-                    "optimized_file": OPTIMIZED_FILE[candidate],
-                    "optimized_sha256": sha256_bytes(optimized),
-                }
-            return spec.model_copy(update=fields), optimized
-        message = f"{candidate} refused by the gate: {acceptance.reason}"
-        if precision != "auto":
-            raise ImportRefused(f"{message}; import with --precision fp32 (or another precision)")
-        print(f"WARNING: {message}; trying the next precision", file=sys.stderr)
-    print("WARNING: no optimized precision passed the gate; the model is served in fp32", file=sys.stderr)
-    return spec, None
+        if not acceptance.accepted:
+            message = f"{candidate} refused by the gate: {acceptance.reason}"
+            if precision != "auto":
+                raise ImportRefused(f"{message}; import with --precision fp32 (or another precision)")
+            print(f"WARNING: {message}; not stored", file=sys.stderr)
+            continue
+        entry = StoredPrecision(precision=candidate, runtime=runtime, acceptance=acceptance)  # type: ignore[arg-type]
+        if optimized is not None:
+            name = optimized_file_name(candidate, runtime)
+            files[name] = optimized
+            entry = entry.model_copy(update={"file": name, "sha256": sha256_bytes(optimized)})
+        stored.append(entry)
+    if precision == "auto" and order and len(stored) == 1:
+        print("WARNING: no optimized precision passed the gate; the model is served in fp32", file=sys.stderr)
+    picked = pick_precision(tuple(stored), cpu_flags(), forced=None if precision == "auto" else precision)
+    fields = {
+        "precisions": tuple(stored),
+        "precision": picked.precision,
+        "runtime": picked.runtime,
+        "optimized_file": picked.file,
+        "optimized_sha256": picked.sha256,
+        "acceptance": picked.acceptance,
+    }
+    return spec.model_copy(update=fields), files
+
+
+def optimized_file_name(precision: str, runtime: str) -> str:
+    from modeling.optimized import ONNX_INT8_FILE, OPTIMIZED_FILE
+
+    return ONNX_INT8_FILE if runtime == "onnxruntime" else OPTIMIZED_FILE[precision]
 
 
 def try_precision(
     model: Any, spec: ModelSpec, precision: str, crops: Any, saved_model: Path | None = None
-) -> tuple[Acceptance, bytes | None]:
-    """Build `precision` (LiteRT file, or TensorFlow bf16) and gate it against fp32."""
-    from modeling.optimized import BF16Network, LiteRTNetwork, accept, bf16_native, convert_litert, load_crops
+) -> tuple[Acceptance, bytes | None, str]:
+    """Build `precision` and gate it against fp32: the verdict, the optimized file (None: bf16
+    runs the Keras file) and its runtime. int8: ONNX Runtime for a model the ONNX exporter
+    writes (the CLIP classifier), LiteRT for any other."""
+    from modeling.onnx_export import ExportUnsupported
+    from modeling.optimized import (
+        RUNTIME_OF,
+        BF16Network,
+        LiteRTNetwork,
+        ONNXNetwork,
+        accept,
+        bf16_native,
+        convert_litert,
+        convert_onnx_int8,
+        load_crops,
+    )
     from preprocessing.tensor import normalize
 
     def reference(x: np.ndarray) -> np.ndarray:
@@ -228,17 +267,29 @@ def try_precision(
     if precision == "bf16":
         if not bf16_native():
             raise ImportRefused("bf16 needs a CPU with native bf16 (AVX512_BF16 or AMX); this one has none")
-        return accept(reference, BF16Network(model), "bf16", spec, crops), None
+        return accept(reference, BF16Network(model), "bf16", spec, crops), None, "tensorflow"
+    calibration = normalize(load_crops(crops.calibration, spec.input_size), spec.normalization)
+    if precision == "int8" and importlib.util.find_spec("onnxruntime") is not None:
+        try:
+            optimized = convert_onnx_int8(model, calibration)
+        except ExportUnsupported:
+            pass  # not a model the exporter writes: LiteRT below
+        except Exception as exc:  # noqa: BLE001 - a quantizer failure is a refusal with its reason
+            raise ImportRefused(
+                f"int8: ONNX Runtime quantization failed: {str(exc).splitlines()[0][:300]}"
+            ) from None
+        else:
+            return accept(reference, ONNXNetwork(optimized), "int8", spec, crops), optimized, "onnxruntime"
     if importlib.util.find_spec("ai_edge_litert") is None:
         raise ImportRefused(f"{precision} runs on LiteRT: pip install ai-edge-litert (see requirements.txt)")
-    calibration = normalize(load_crops(crops.calibration, spec.input_size), spec.normalization)
     try:
         optimized = convert_litert(model, precision, calibration, saved_model)  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001 - a converter failure is a refusal with its reason
         raise ImportRefused(
             f"{precision}: LiteRT conversion failed: {str(exc).splitlines()[0][:300]}"
         ) from None
-    return accept(reference, LiteRTNetwork(optimized), precision, spec, crops), optimized  # type: ignore[arg-type]
+    gate = accept(reference, LiteRTNetwork(optimized), precision, spec, crops)  # type: ignore[arg-type]
+    return gate, optimized, RUNTIME_OF[precision]
 
 
 def sha256_bytes(data: bytes) -> str:

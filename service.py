@@ -87,7 +87,10 @@ class FaceClassifier:
         self.last_call = time.monotonic()
         try:  # loads and warms up
             self.classifier = Classifier.load(
-                Path(self.model_ref.path), self.spec, trust_code=SETTINGS.trust_model_code
+                Path(self.model_ref.path),
+                self.spec,
+                trust_code=SETTINGS.trust_model_code,
+                precision=SETTINGS.precision,
             )
         except Exception as exc:  # noqa: BLE001 - reported by health (generically), not a crash loop
             self.error = f"model {self.model_ref.tag} failed to load: {type(exc).__name__}: {exc}"

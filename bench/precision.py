@@ -6,8 +6,10 @@
 
 The stored model (`--model-tag`) is run as the model service runs it (`Classifier.load`: its
 metadata says runtime and precision) and, from the same store folder, as fp32 TensorFlow.
-`--compare` adds precisions built on the spot from the stored Keras file (LiteRT files from
-`modeling.optimized.convert_litert`, int8 calibrated on the committed calibration set).
+Every other precision the store holds is run too (as `DEEPFAKE_PRECISION` would serve it).
+`--compare` adds precisions built on the spot from the stored Keras file (int8: ONNX Runtime
+for the CLIP model, `modeling.optimized.convert_onnx_int8`, LiteRT for any other; fp16:
+LiteRT), calibrated on the committed calibration set.
 
 For each batch size the paths take turns (one timed call each, round after round), so that
 what else runs on the machine slows them alike; the ratio column is images/s against fp32 at
@@ -47,26 +49,48 @@ def set_threads(threads: int | None) -> None:
 
 
 def paths(stored_dir: Path, spec: Any, compare: list[str], threads: int | None) -> dict[str, Call]:
-    """name -> uint8 batch to raw outputs; the first is fp32 TensorFlow, the second the served."""
+    """name -> uint8 batch to raw outputs; the first is fp32 TensorFlow, the second what this
+    CPU serves (`auto`), then every other precision the store holds (forced, as the
+    `precision` setting does), then the `compare` ones built on the spot."""
     from modeling.inference import Classifier, stored_file
     from modeling.loading import load_classifier
-    from modeling.optimized import BF16Network, CropSet, LiteRTNetwork, convert_litert, load_crops
+    from modeling.onnx_export import ExportUnsupported
+    from modeling.optimized import (
+        BF16Network,
+        CropSet,
+        LiteRTNetwork,
+        ONNXNetwork,
+        convert_litert,
+        convert_onnx_int8,
+        load_crops,
+    )
     from preprocessing.tensor import normalize
 
-    fp32 = Classifier.load(stored_dir, spec.model_copy(update={"precision": "fp32", "runtime": "tensorflow"}))
+    fp32 = Classifier.load(stored_dir, spec, precision="fp32")
     served = Classifier.load(stored_dir, spec, threads=threads)
     calls: dict[str, Call] = {"fp32 tensorflow": fp32}
     calls[f"served: {served.served['precision']} {served.served['runtime']}"] = served
+    for entry in spec.stored_precisions():
+        if entry.precision not in ("fp32", served.served["precision"]):
+            calls[f"stored: {entry.precision} {entry.runtime}"] = Classifier.load(
+                stored_dir, spec, threads=threads, precision=entry.precision
+            )
     if compare:
         model = load_classifier(stored_dir / stored_file(spec), safe_mode=not spec.trusted_code)
         crops = CropSet.from_folder()
         calibration = normalize(load_crops(crops.calibration, spec.input_size), spec.normalization)
     for precision in compare:
+        runtime = "tensorflow" if precision == "bf16" else "litert"
         if precision == "bf16":
             network: Call = BF16Network(model)
+        elif precision == "int8":
+            try:
+                network, runtime = ONNXNetwork(convert_onnx_int8(model, calibration), threads), "onnxruntime"
+            except ExportUnsupported:
+                network = LiteRTNetwork(convert_litert(model, precision, calibration), threads)  # type: ignore[arg-type]
         else:
             network = LiteRTNetwork(convert_litert(model, precision, calibration), threads)  # type: ignore[arg-type]
-        calls[f"{precision} {'tensorflow' if precision == 'bf16' else 'litert'}"] = _uint8(network, spec)
+        calls[f"{precision} {runtime}"] = _uint8(network, spec)
     return calls
 
 
@@ -135,13 +159,18 @@ def memory_child(tag: str, precision: str, threads: int | None) -> dict[str, Any
 
     stored = bentoml.models.get(tag)
     spec = ModelSpec.from_metadata(stored.info.metadata)
-    if precision == "fp32":
-        spec = spec.model_copy(update={"precision": "fp32", "runtime": "tensorflow"})
+    from modeling.optimized import cpu_flags, pick_precision
+
+    runtime = "tensorflow" if precision == "fp32" else spec.runtime
+    if precision != "fp32" and spec.precisions:
+        runtime = pick_precision(spec.precisions, cpu_flags()).runtime
     before = rss_mb()
     started = time.perf_counter()
-    if threads and spec.runtime == "tensorflow":
+    if threads and runtime == "tensorflow":
         set_threads(threads)
-    Classifier.load(Path(stored.path), spec)
+    Classifier.load(
+        Path(stored.path), spec, precision="fp32" if precision == "fp32" else "auto", threads=threads
+    )
     return {
         "load_s": time.perf_counter() - started,
         "rss_before_mb": before,
@@ -173,7 +202,7 @@ def main() -> None:
     parser.add_argument("--model-tag", default="deepfake_classifier:latest")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--compare", nargs="*", default=[], choices=("bf16", "fp16", "int8"))
-    parser.add_argument("--threads", type=int, help="TensorFlow intra-op and LiteRT threads")
+    parser.add_argument("--threads", type=int, help="TensorFlow intra-op, LiteRT and ONNX Runtime threads")
     parser.add_argument("--images", type=int, default=96, help="timed images per path and batch size")
     parser.add_argument("--memory", action="store_true", help="also load time and RSS, fresh processes")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)

@@ -46,9 +46,20 @@ class Classifier:
 
     @classmethod
     def load(
-        cls, model_dir: Path, spec: ModelSpec, *, threads: int | None = None, trust_code: bool = False
+        cls,
+        model_dir: Path,
+        spec: ModelSpec,
+        *,
+        threads: int | None = None,
+        trust_code: bool = False,
+        precision: str = "auto",
+        flags: set[str] | None = None,
     ) -> Classifier:
-        """`threads`: LiteRT's (default: every core); TensorFlow keeps its process-wide setting.
+        """`threads`: LiteRT's and ONNX Runtime's (default: every core); TensorFlow keeps its
+        process-wide setting. `precision`: which stored precision serves (the `precision`
+        setting): `auto` picks from this CPU's `flags` (default: /proc/cpuinfo's;
+        modeling.optimized.pick_precision), any other must be stored (ValueError if not). A
+        model stored before `ModelSpec.precisions` serves its one precision under `auto`.
         `trust_code`: the operator's word (DEEPFAKE_TRUST_MODEL_CODE) that a model imported with
         --trust-code may run its code; without it such a model is refused (PermissionError),
         whatever its metadata says. Keras' safe_mode is off only when both say so."""
@@ -58,11 +69,26 @@ class Classifier:
                 "this model was imported with --trust-code (its file can run code); serve it only "
                 "if you trust it, with DEEPFAKE_TRUST_MODEL_CODE=true"
             )
+        picked_by, stored = "the import", spec.stored_precisions()
+        if spec.precisions or precision != "auto":
+            from modeling.optimized import cpu_flags, pick_precision
+
+            choice = pick_precision(stored, cpu_flags() if flags is None else flags, precision)
+            picked_by = "the CPU's flags" if precision == "auto" else "the precision setting"
+            fields = {"precision": choice.precision, "runtime": choice.runtime, "optimized_file": choice.file,
+                      "optimized_sha256": choice.sha256, "acceptance": choice.acceptance}  # fmt: skip
+            spec = spec.model_copy(update=fields)
         if spec.runtime == "litert":
             classifier = cls._load_litert(model_dir, spec, threads)
+        elif spec.runtime == "onnxruntime":
+            classifier = cls._load_onnx(model_dir, spec, threads)
         else:
             classifier = cls._load_tensorflow(model_dir, spec, trust_code)
         classifier._trust_code = trust_code
+        classifier.served["picked_by"] = picked_by
+        classifier.served["stored"] = [entry.precision for entry in stored]
+        if spec.acceptance is not None and classifier.served["precision"] == spec.precision:
+            classifier.served["acceptance"] = spec.acceptance.model_dump()
         classifier(np.zeros((1, *spec.input_size, 3), np.uint8))  # warm-up: build the graph now
         return classifier
 
@@ -86,6 +112,19 @@ class Classifier:
         network = LiteRTNetwork(path, threads)
         summary = json.loads((model_dir / NETWORK_FILE).read_text())
         served = {"runtime": "litert", "precision": spec.precision, "file": spec.optimized_file,
+                  "threads": network.threads}  # fmt: skip
+        return cls(network, spec, summary, served, model_dir=model_dir)
+
+    @classmethod
+    def _load_onnx(cls, model_dir: Path, spec: ModelSpec, threads: int | None) -> Classifier:
+        from artifacts import require_sha256
+        from modeling.optimized import NETWORK_FILE, ONNXNetwork
+
+        path = model_dir / spec.optimized_file
+        require_sha256(path, spec.optimized_sha256)
+        network = ONNXNetwork(path, threads)
+        summary = json.loads((model_dir / NETWORK_FILE).read_text())
+        served = {"runtime": "onnxruntime", "precision": spec.precision, "file": spec.optimized_file,
                   "threads": network.threads}  # fmt: skip
         return cls(network, spec, summary, served, model_dir=model_dir)
 

@@ -24,9 +24,10 @@ Label = Literal["fake", "real"]
 # nothing was judged (no face found in a photo that is not itself a face crop).
 VerdictName = Literal["likely_fake", "uncertain", "likely_real", "no_face"]
 # How the model service runs the network (modeling/optimized.py): fp32 and bf16 on TensorFlow
-# (the Keras file), fp16 and int8 on LiteRT (a converted file beside it).
+# (the Keras file), fp16 on LiteRT, int8 on ONNX Runtime (a CLIP model: a quantized ONNX file)
+# or LiteRT (any other model); the converted file is stored beside the Keras file.
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
-Runtime = Literal["tensorflow", "litert"]
+Runtime = Literal["tensorflow", "litert", "onnxruntime"]
 
 
 class VerdictBands(BaseModel):
@@ -68,6 +69,19 @@ class Acceptance(BaseModel):
     calibration_crops: int = 0  # int8: crops the activation ranges came from
     calibration_sha256: str = ""  # of the calibration-set folder
     cpu: str = ""  # where it was measured
+
+
+class StoredPrecision(BaseModel):
+    """One way to run the model that the import stored: fp32 (the Keras file, the reference) or
+    an optimized precision that passed the gate on the import's CPU, with its file."""
+
+    model_config = ConfigDict(frozen=True)
+
+    precision: Precision
+    runtime: Runtime
+    file: str = ""  # the converted file in the model's folder; "": the Keras file itself
+    sha256: str = ""
+    acceptance: Acceptance | None = None  # None for fp32
 
 
 # The served probability's decision point: every model's own threshold is mapped onto it.
@@ -113,9 +127,14 @@ class ModelSpec(BaseModel):
     # How the served probability was calibrated, and under which prior (informational).
     calibration: dict[str, Any] = Field(default_factory=dict)
     file_format: Literal["keras", "saved_model"] = "keras"
-    # What the model service runs. fp32: the Keras file (or SavedModel) on TensorFlow; bf16: the
-    # same file with TensorFlow's bf16 rewrite; fp16/int8: `optimized_file` on LiteRT, stored
-    # beside the Keras file, which stays the reference.
+    # Every precision the import stored (fp32 first, then each one the gate accepted): the model
+    # service picks one at start from the CPU's flags (modeling.optimized.pick_precision).
+    # Empty for a model stored before this field: the single fields below are then what runs.
+    precisions: tuple[StoredPrecision, ...] = ()
+    # The precision the import's own CPU picks (what a model of the last version serves). fp32:
+    # the Keras file (or SavedModel) on TensorFlow; bf16: the same file with TensorFlow's bf16
+    # rewrite; fp16/int8: `optimized_file` (LiteRT or ONNX Runtime), stored beside the Keras
+    # file, which stays the reference.
     precision: Precision = "fp32"
     runtime: Runtime = "tensorflow"
     optimized_file: str = ""
@@ -187,6 +206,20 @@ class ModelSpec(BaseModel):
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> ModelSpec:
         return cls.model_validate(metadata)
+
+    def stored_precisions(self) -> tuple[StoredPrecision, ...]:
+        """What the store holds: `precisions`, or for a model of the last version its one
+        precision (with fp32, the Keras file, beside an optimized one)."""
+        if self.precisions:
+            return self.precisions
+        fp32 = StoredPrecision(precision="fp32", runtime="tensorflow")
+        if self.precision == "fp32":
+            return (fp32,)
+        single = StoredPrecision(
+            precision=self.precision, runtime=self.runtime, file=self.optimized_file,
+            sha256=self.optimized_sha256, acceptance=self.acceptance,
+        )  # fmt: skip
+        return (fp32, single)
 
     def to_metadata(self) -> dict[str, Any]:
         # The model store takes no None values; a field left out reads back as its default.

@@ -82,7 +82,7 @@ def model_info_report(spec: ModelSpec, tag: str, described: ModelDescription) ->
         backbone=spec.backbone,
         precision=described.served.get("precision", spec.precision),
         runtime=described.served.get("runtime", spec.runtime),
-        acceptance=spec.acceptance.model_dump() if spec.acceptance else None,
+        acceptance=described.served.get("acceptance"),
         normalization=spec.normalization,
         placeholder=spec.placeholder,
         description=spec.description,

@@ -255,9 +255,9 @@ class ModelInfoResponse(BaseModel):
     detector: str = Field(description="The face detector the model's training crops came from (new)")
     backbone: str = Field("", description="The network the classifier is built on, e.g. clip-vit-b16 (new)")
     precision: str = Field(description="fp32, bf16, fp16 or int8: what the model service runs (new)")
-    runtime: str = Field(description="tensorflow or litert (new)")
+    runtime: str = Field(description="tensorflow, litert or onnxruntime (new)")
     acceptance: dict[str, Any] | None = Field(
-        None, description="The gate the optimized precision passed at import, against fp32 (new)"
+        None, description="The gate the served precision passed at import, against fp32 (new; null for fp32)"
     )
     normalization: str
     placeholder: bool = Field(description="True for an untrained stand-in model")

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
     model_tag: str = Field(f"{DEFAULT_MODEL_NAME}:latest", description="the model to serve from the store")
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
+        "auto",
+        description="which of the model's stored precisions serves: `auto` picks from the CPU's flags (bf16 "
+        "where native, else int8 where VNNI, else fp32); another must be stored (model_info: `precision`)",
+    )
     max_upload_bytes: int = limit(
         _LIMITS.max_bytes,
         "memory and disk filled by one upload (checked from Content-Length and as it streams: 413)",

@@ -291,7 +291,7 @@ def test_gate_bookkeeping_on_every_cpu(facenet_model: tuple[Any, ModelSpec]) -> 
 
     model, spec = facenet_model
     crops = CropSet.from_folder()
-    gate, optimized = try_precision(model, spec, "fp16", crops)
+    gate, optimized, _ = try_precision(model, spec, "fp16", crops)
     assert gate.accepted and gate.reason == "" and optimized
     assert gate.max_p_fake_change <= MAX_P_FAKE_CHANGE
     assert_gate_counted(gate, crops)
@@ -311,7 +311,7 @@ def test_default_model_passes_the_gate_in_bf16() -> None:
 
     assert "bf16" in read_recipe()["precision_auto"]
     model, spec = committed_model()
-    gate, optimized = try_precision(model, spec, "bf16", CropSet.from_folder())
+    gate, optimized, _ = try_precision(model, spec, "bf16", CropSet.from_folder())
     assert gate.accepted and optimized is None  # bf16 runs the Keras file itself
     assert gate.max_p_fake_change <= MAX_P_FAKE_CHANGE and gate.fixture_flips == 0
 

@@ -94,7 +94,7 @@ NOT_LIMITS = {
     "model_tag", "max_batch_size", "max_latency_ms", "batch_policy", "api_workers", "face_detection",
     "require_face", "face_detector", "face_min_score", "detect_max_side", "face_tiles", "video_frames",
     "video_full_every", "jobs_dir", "log_format", "job_store", "job_stale_after_s", "provenance",
-    "provenance_watermarks",
+    "provenance_watermarks", "precision",
 }  # fmt: skip
 
 
