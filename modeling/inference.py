@@ -78,10 +78,8 @@ class Classifier:
             fields = {"precision": choice.precision, "runtime": choice.runtime, "optimized_file": choice.file,
                       "optimized_sha256": choice.sha256, "acceptance": choice.acceptance}  # fmt: skip
             spec = spec.model_copy(update=fields)
-        if spec.runtime == "litert":
-            classifier = cls._load_litert(model_dir, spec, threads)
-        elif spec.runtime == "onnxruntime":
-            classifier = cls._load_onnx(model_dir, spec, threads)
+        if spec.runtime in ("litert", "onnxruntime"):
+            classifier = cls._load_file(model_dir, spec, threads)
         else:
             classifier = cls._load_tensorflow(model_dir, spec, trust_code)
         classifier._trust_code = trust_code
@@ -103,28 +101,16 @@ class Classifier:
         )
 
     @classmethod
-    def _load_litert(cls, model_dir: Path, spec: ModelSpec, threads: int | None) -> Classifier:
+    def _load_file(cls, model_dir: Path, spec: ModelSpec, threads: int | None) -> Classifier:
+        """The optimized file beside the Keras file, on its runtime (LiteRT or ONNX Runtime)."""
         from artifacts import require_sha256
-        from modeling.optimized import NETWORK_FILE, LiteRTNetwork
+        from modeling.optimized import NETWORK_FILE, LiteRTNetwork, ONNXNetwork
 
         path = model_dir / spec.optimized_file
         require_sha256(path, spec.optimized_sha256)
-        network = LiteRTNetwork(path, threads)
+        network = (ONNXNetwork if spec.runtime == "onnxruntime" else LiteRTNetwork)(path, threads)
         summary = json.loads((model_dir / NETWORK_FILE).read_text())
-        served = {"runtime": "litert", "precision": spec.precision, "file": spec.optimized_file,
-                  "threads": network.threads}  # fmt: skip
-        return cls(network, spec, summary, served, model_dir=model_dir)
-
-    @classmethod
-    def _load_onnx(cls, model_dir: Path, spec: ModelSpec, threads: int | None) -> Classifier:
-        from artifacts import require_sha256
-        from modeling.optimized import NETWORK_FILE, ONNXNetwork
-
-        path = model_dir / spec.optimized_file
-        require_sha256(path, spec.optimized_sha256)
-        network = ONNXNetwork(path, threads)
-        summary = json.loads((model_dir / NETWORK_FILE).read_text())
-        served = {"runtime": "onnxruntime", "precision": spec.precision, "file": spec.optimized_file,
+        served = {"runtime": spec.runtime, "precision": spec.precision, "file": spec.optimized_file,
                   "threads": network.threads}  # fmt: skip
         return cls(network, spec, summary, served, model_dir=model_dir)
 
