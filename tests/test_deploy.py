@@ -122,8 +122,9 @@ def test_resources_are_sized(container: dict[str, Any]) -> None:
     requests, limits = container["resources"]["requests"], container["resources"]["limits"]
     assert {"cpu", "memory"} <= requests.keys()
     assert "memory" in limits
-    # Measured: ~0.92 GiB PSS idle, ~1.0 GiB at 64 concurrent requests (deploy/README.md).
-    assert parse_quantity(requests["memory"]) >= 1.25 * 2**30
+    # Measured with the CLIP default: ~1.5 GiB PSS idle, ~2.0 GiB at 64 concurrent requests
+    # (deploy/README.md, bench/memory.py): the request covers the loaded server.
+    assert parse_quantity(requests["memory"]) >= 2 * 2**30
     assert parse_quantity(limits["memory"]) >= parse_quantity(requests["memory"])
 
 
