@@ -285,21 +285,11 @@ def bench_pipeline(path: Path, model_tag: str | None, detector_name: str) -> dic
 # -- tracking -------------------------------------------------------------------------------------
 
 
-class CountingNet:
-    """The detector's network, counting the model inputs it is given."""
-
-    def __init__(self, net: Any) -> None:
-        self.net, self.inputs, self.anchors = net, 0, net.anchors
-
-    def __call__(self, tiles: np.ndarray) -> Any:
-        self.inputs += len(tiles)
-        return self.net(tiles)
-
-
 def bench_tracking(clips: dict[str, Path], samples: int, full_every: int) -> dict[str, Any]:
     """Per clip: the full detector on every sample (the reference) against the tracker
     (preprocessing/face_tracking.py): recall (reference faces the tracker has, IoU >= 0.5),
     extra faces, model inputs and detector time per clip."""
+    from bench.face_detection import CountingNet
     from preprocessing.face_tracking import FaceTracker
     from serving.tracks import iou
 

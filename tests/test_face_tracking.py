@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bench.face_detection import CountingNet
 from preprocessing.detectors import load_detector
 from preprocessing.face_tracking import FULL_EVERY, FaceTracker
 from preprocessing.faces import Face, FaceDetector
@@ -79,17 +80,6 @@ def test_the_face_cap_holds_on_tracked_frames(detector: FaceDetector) -> None:
     assert counts == [1] * SAMPLES and tracker.stats.tracked > 0
 
 
-class Counting:
-    """The detector's network, counting model inputs (the cost of a face step)."""
-
-    def __init__(self, net: object) -> None:
-        self.net, self.inputs, self.anchors = net, 0, net.anchors  # type: ignore[attr-defined]
-
-    def __call__(self, tiles: object) -> object:
-        self.inputs += len(tiles)  # type: ignore[arg-type]
-        return self.net(tiles)  # type: ignore[operator]
-
-
 @pytest.mark.parametrize("name", ["astronaut.jpg", "faceapi_sample6.jpg", "openpeople_p003_emotions.jpg"])
 def test_tiles_when_needed_find_the_faces_tiles_always_find(name: str) -> None:
     from PIL import ImageOps
@@ -99,7 +89,7 @@ def test_tiles_when_needed_find_the_faces_tiles_always_find(name: str) -> None:
     detectors = {tiles: load_detector("blazeface", tiles=tiles) for tiles in ("always", "when_needed")}
     counters = {}
     for tiles, d in detectors.items():
-        counters[tiles] = d._net = Counting(d._net)  # type: ignore[attr-defined]
+        counters[tiles] = d._net = CountingNet(d._net)  # type: ignore[attr-defined]
     always, needed = (detectors[t].detect(photo, max_faces=100) for t in ("always", "when_needed"))
     assert same_faces(always, needed) and len(needed) == len(EXPECTED[name]["blazeface"])
     assert counters["when_needed"].inputs <= counters["always"].inputs
