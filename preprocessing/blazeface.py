@@ -573,11 +573,7 @@ class BlazeFaceDetector:
         # verified and the tiles are left out; otherwise the tiles' candidates join its own.
         wholes = self._run([tiles[:1] for _, tiles in plans])
         parts = [
-            [
-                window_detections(
-                    b[0], s[0], windows[0], self.model, self._net.anchors, score, BLAZEFACE_EDGE_MARGIN
-                )
-            ]
+            self._searched(windows[:1], b, s, score)
             for (windows, _), (b, s) in zip(plans, wholes, strict=True)
         ]
         found: list[Detections | None] = [None] * len(pending)
@@ -594,11 +590,7 @@ class BlazeFaceDetector:
         tiled = self._run([plans[k][1][1:] for k in todo])
         candidates = []
         for k, (boxes, scores) in zip(todo, tiled, strict=True):
-            windows = plans[k][0][1:]
-            parts[k] += [
-                window_detections(b, s, w, self.model, self._net.anchors, score, BLAZEFACE_EDGE_MARGIN)
-                for w, b, s in zip(windows, boxes, scores, strict=True)
-            ]
+            parts[k] += self._searched(plans[k][0][1:], boxes, scores, score)
             candidates.append(weighted_nms(concatenate(parts[k])))
         if self.zoom is not None:
             candidates = self._verify([pending[k] for k in todo], [c[:cap] for c in candidates], min_score)
@@ -623,12 +615,8 @@ class BlazeFaceDetector:
         boxes = np.stack([self.mapping.invert(face.box) for face in faces])
         windows, tiles = zoom_windows(image, boxes, self.zoom or BLAZEFACE_ZOOM, size)
         raw_boxes, raw_scores = self._net(tiles)
-        found: list[Face | None] = []
-        for window, b, s in zip(windows, raw_boxes, raw_scores, strict=True):
-            detections = window_detections(b, s, window, self.model, self._net.anchors, min_score, 0.0)
-            best = central(detections, window, size, BLAZEFACE_CENTRE_TOLERANCE)
-            found.append(None if best is None else self._faces(detections[best : best + 1], 1)[0])
-        return found
+        checked = self._checked(windows, raw_boxes, raw_scores, min_score)
+        return [None if face is None else self._faces(face, 1)[0] for face in checked]
 
     def glance(self, image: Image.Image, *, min_score: float | None = None) -> list[Box]:
         """Boxes (x, y, w, h, mapped as faces are) the whole-image input alone finds at the
@@ -640,12 +628,19 @@ class BlazeFaceDetector:
         min_score = self.min_score if min_score is None else min_score
         windows, tiles = search_windows(image, self.levels[:1], self.model.input_size, self.overlap)
         boxes, scores = self._net(tiles)
-        parts = [
+        parts = self._searched(windows, boxes, scores, min_score)
+        found = weighted_nms(concatenate(parts))
+        return [tuple(round(v) for v in self.mapping.apply(box)) for box in found.boxes]  # type: ignore[misc]
+
+    def _searched(
+        self, windows: Sequence[Window], boxes: np.ndarray, scores: np.ndarray, min_score: float
+    ) -> list[Detections]:
+        """Each search window's detections at `min_score` or more, in image pixels (a face cut
+        by a tile's edge inside the photo dropped: BLAZEFACE_EDGE_MARGIN)."""
+        return [
             window_detections(b, s, w, self.model, self._net.anchors, min_score, BLAZEFACE_EDGE_MARGIN)
             for w, b, s in zip(windows, boxes, scores, strict=True)
         ]
-        found = weighted_nms(concatenate(parts))
-        return [tuple(round(v) for v in self.mapping.apply(box)) for box in found.boxes]  # type: ignore[misc]
 
     def _large_faces_only(self, image: Image.Image, whole: Detections, min_score: float) -> bool:
         """Whether the whole-photo input found a likely face (a candidate at the verification
@@ -668,20 +663,21 @@ class BlazeFaceDetector:
         raw = self._run([tiles for _, tiles in plans])
         out = []
         for (windows, _), (boxes, scores) in zip(plans, raw, strict=True):
-            kept = []
-            for window, b, s in zip(windows, boxes, scores, strict=True):
-                found = window_detections(b, s, window, self.model, self._net.anchors, min_score, 0.0)
-                best = central(found, window, size, BLAZEFACE_CENTRE_TOLERANCE)
-                if best is not None:
-                    kept.append(
-                        Detections(
-                            found.boxes[best : best + 1],
-                            found.keypoints[best : best + 1],
-                            found.scores[best : best + 1],
-                        )
-                    )
+            kept = [face for face in self._checked(windows, boxes, scores, min_score) if face is not None]
             # two candidates on one face verify to the same face: merge them
             out.append(weighted_nms(concatenate(kept)))
+        return out
+
+    def _checked(
+        self, windows: Sequence[Window], boxes: np.ndarray, scores: np.ndarray, min_score: float
+    ) -> list[Detections | None]:
+        """Each zoomed window's verified face: its detection at `min_score` or more nearest the
+        window's centre (within BLAZEFACE_CENTRE_TOLERANCE), or None."""
+        size, out = self.model.input_size, []
+        for window, b, s in zip(windows, boxes, scores, strict=True):
+            found = window_detections(b, s, window, self.model, self._net.anchors, min_score, 0.0)
+            best = central(found, window, size, BLAZEFACE_CENTRE_TOLERANCE)
+            out.append(None if best is None else found[best : best + 1])
         return out
 
     def _run(self, batches: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
