@@ -20,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
@@ -79,6 +80,18 @@ def loop() -> Iterator[BackgroundLoop]:
     background = BackgroundLoop()
     yield background
     background.close()
+
+
+@pytest.fixture(scope="module")
+def pool(loop: BackgroundLoop) -> Iterator[Any]:  # serving.video_worker.VideoWorkerPool
+    """One video decoder process with the test hooks (a stalling decoder) and no face detector:
+    what the job stores' tests run their jobs on."""
+    from serving.video_worker import VideoWorkerPool
+
+    workers: VideoWorkerPool = VideoWorkerPool(1, detector=None, test_hooks=True)
+    loop.run(workers.start())
+    yield workers
+    loop.run(workers.close())
 
 
 @pytest.fixture(scope="session")

@@ -36,14 +36,6 @@ from tests.videos import BackgroundLoop, alive, clip
 TIMEOUT_S = 0.5  # DEEPFAKE_REDIS_TIMEOUT_S of these stores
 
 
-@pytest.fixture(scope="module")
-def pool(loop: BackgroundLoop) -> Iterator[VideoWorkerPool]:
-    workers = VideoWorkerPool(1, detector=None, test_hooks=True)
-    loop.run(workers.start())
-    yield workers
-    loop.run(workers.close())
-
-
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:

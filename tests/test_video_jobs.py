@@ -8,7 +8,7 @@ import asyncio
 import json
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,14 +21,6 @@ from tests.videos import BackgroundLoop, alive, clip
 
 SAMPLES = 6
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def pool(loop: BackgroundLoop) -> Iterator[VideoWorkerPool]:
-    workers = VideoWorkerPool(1, detector=None, test_hooks=True)
-    loop.run(workers.start())
-    yield workers
-    loop.run(workers.close())
 
 
 def runner_for(pool: VideoWorkerPool) -> Callable[[Path, dict[str, Any], ProgressFn], Any]:
